@@ -1,0 +1,50 @@
+# From Zero: two commands.  `make lab` to learn, `make test` to check.  `make help` lists the rest.
+PYTHON      ?= python3
+VENV        ?= .venv
+# Pins torch to a CPU-friendly release; `make test CONSTRAINTS=` installs without it.
+CONSTRAINTS ?= constraints.txt
+KERNEL      ?= from-zero
+LAB_ARGS    ?=
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help install lab test run-all bench clean
+
+help:
+	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
+	@echo "make test     create .venv if needed, install, run unit tests + every notebook (offline)"
+	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
+	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
+	@echo "make clean    delete .venv and the build-on-demand cache checkpoints/"
+
+# The stamp makes a second `make lab` / `make test` skip the install; editing a requirements file redoes it.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.10; run 'make PYTHON=python3.11 ...'"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: sudo apt install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install --quiet --progress-bar off $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
+	@touch $(STAMP)
+	@echo "installed into $(VENV)"
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "From Zero (.venv)" >/dev/null
+	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+run-all: $(STAMP)
+	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_loop.py
+
+clean:
+	rm -rf $(VENV) checkpoints
