@@ -1,0 +1,288 @@
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import utils
+from utils import History, TrainConfig, evaluate_loss, lr_multiplier, seed_everything, train
+from utils.checkpoint import CheckpointError
+from utils.loop import adamw_param_groups, batch_size, checkpoint_steps, forward, loss_of, to_device
+
+QUIET = {"progress": False}
+
+
+class Classifier(nn.Module):
+    """A small MLP whose forward returns the loss, with dropout so that randomness matters."""
+
+    def __init__(self, dropout=0.1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 2))
+
+    def forward(self, x, y):
+        return nn.functional.cross_entropy(self.body(x), y)
+
+
+def xor_data(n=256, seed=0, batch=16, shuffle=True):
+    generator = seed_everything(seed)
+    x = torch.randn(n, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle, generator=generator)
+
+
+def accuracy(model, loader):
+    correct = sum((model.body(x).argmax(1) == y).sum().item() for x, y in loader)
+    return correct / len(loader.dataset)
+
+
+def test_converges_on_a_toy_task():
+    loader, held_out = xor_data(512, seed=0), xor_data(256, seed=1, shuffle=False)
+    seed_everything(0)
+    model = Classifier()
+    history = train(model, loader, steps=300, lr=1e-2, warmup=0.05, eval_data=held_out,
+                    metrics=lambda m: {"accuracy": accuracy(m, held_out)}, **QUIET)
+    assert len(history.train) == 300 and [r["step"] for r in history.train] == list(range(1, 301))
+    assert sum(history.losses[-20:]) / 20 < 0.5 * sum(history.losses[:20]) / 20
+    assert history.eval[-1]["accuracy"] >= 0.9
+    assert history.elapsed_s > 0
+
+
+def test_accumulating_4x8_equals_one_batch_of_32():
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 2), torch.randint(0, 2, (96,))
+    results = []
+    for batch, accum in ((32, 1), (8, 4)):
+        torch.manual_seed(1)
+        model = Classifier(dropout=0.0)
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+        history = train(model, loader, steps=3, lr=1e-2, grad_accum=accum, **QUIET)
+        results.append((history.losses, [p.detach().clone() for p in model.parameters()]))
+    (losses_a, params_a), (losses_b, params_b) = results
+    assert losses_a == pytest.approx(losses_b, abs=1e-6)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step):
+    def callback(now, history):
+        if now == step:
+            raise Crash
+    return callback
+
+
+def run(checkpoint_dir=None, callbacks=(), perturb=False, **extra):
+    loader, held_out = xor_data(200, seed=0), xor_data(64, seed=1, shuffle=False)
+    if perturb:  # a resumed run starts from other random states and other weights
+        seed_everything(999)
+        loader.generator.manual_seed(5)
+    model = Classifier()
+    config = dict(steps=30, lr=5e-3, warmup=0.2, grad_accum=2, eval_every=5, patience=50,
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=4, **QUIET)
+    config.update(extra)
+    history = train(model, loader, eval_data=held_out, callbacks=callbacks, **config)
+    return history, model
+
+
+def test_exact_resume_after_a_crash(tmp_path):
+    reference, reference_model = run()
+    with pytest.raises(Crash):
+        run(tmp_path, callbacks=[crash_at(22)])  # the work after step 20 is lost
+    assert checkpoint_steps(tmp_path) == [16, 20]  # keep=2
+    resumed, resumed_model = run(tmp_path, perturb=True)
+    assert resumed.resumed_from == 20
+    assert resumed.losses == reference.losses  # bit for bit, dropout and shuffling included
+    assert resumed.eval == reference.eval and resumed.best_step == reference.best_step
+    for a, b in zip(resumed_model.parameters(), reference_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    first, _ = run(tmp_path)
+    calls = []
+    again, model = run(tmp_path, callbacks=[lambda step, h: calls.append(step)])
+    assert calls == [] and again.losses == first.losses and again.resumed_from == 30
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run(tmp_path, steps=8)
+    with pytest.raises(CheckpointError, match=r"steps=8.*this run has steps=30.*resume=False"):
+        run(tmp_path)
+    history, _ = run(tmp_path, resume=False)
+    assert history.resumed_from is None and checkpoint_steps(tmp_path)[-1] == 30
+
+
+def test_a_callback_can_pause_training_and_a_rerun_continues(tmp_path):
+    reference, _ = run()
+    paused, _ = run(tmp_path, callbacks=[lambda step, h: step == 14])
+    assert paused.steps_done == 14 and not paused.stopped_early
+    resumed, _ = run(tmp_path, perturb=True)
+    assert resumed.losses == reference.losses
+
+
+def test_keyboard_interrupt_says_where_to_resume(tmp_path, capsys):
+    def interrupt(step, history):
+        if step == 10:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, callbacks=[interrupt])
+    assert "interrupted at step 10; run again to resume from step 8" in capsys.readouterr().out
+
+
+def counting_metric(values):
+    it = iter(values)
+    return lambda model: {"score": next(it)}
+
+
+def test_early_stopping_and_restore_best():
+    snapshots = {}
+    loader = xor_data(64)
+    model = Classifier()
+    remember = lambda step, h: snapshots.__setitem__(step, [p.detach().clone() for p in model.parameters()])
+    history = train(model, loader, steps=100, eval_every=5, metrics=counting_metric([3, 1, 2, 2, 2, 9]),
+                    monitor="score", patience=3, restore_best=True, callbacks=[remember], **QUIET)
+    assert history.stopped_early and history.steps_done == 25  # best at 10; 15, 20, 25 no better
+    assert (history.best_step, history.best_value) == (10, 1)
+    for now, best in zip(model.parameters(), snapshots[10]):
+        assert torch.equal(now, best)
+
+
+def test_mode_max_and_min_delta():
+    history = train(Classifier(), xor_data(64), steps=20, eval_every=5, monitor="score", mode="max",
+                    min_delta=0.05, patience=2, metrics=counting_metric([0.5, 0.52, 0.53, 0.9]), **QUIET)
+    assert history.stopped_early and history.best_value == 0.5 and history.steps_done == 15
+
+
+def test_schedules_match_transformers():
+    from transformers import get_scheduler
+    for name, theirs in (("linear", "linear"), ("cosine", "cosine"), ("constant", "constant_with_warmup")):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = get_scheduler(theirs, optimizer, num_warmup_steps=10, num_training_steps=100)
+        for step in range(100):
+            ours = lr_multiplier(step, steps=100, warmup_steps=10, schedule=name)
+            assert ours == pytest.approx(scheduler.get_last_lr()[0], abs=1e-12), (name, step)
+            optimizer.step()
+            scheduler.step()
+
+
+def test_history_records_the_learning_rate_used():
+    history = train(Classifier(), xor_data(64), steps=10, lr=0.1, warmup=4, schedule="linear", **QUIET)
+    expected = [0.1 * lr_multiplier(s, steps=10, warmup_steps=4, schedule="linear") for s in range(10)]
+    assert [r["lr"] for r in history.train] == pytest.approx(expected)
+    assert all(r["grad_norm"] >= 0 for r in history.train)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    decay, no_decay = adamw_param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])] and decay["weight_decay"] == 0.1
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        adamw_param_groups(model.requires_grad_(False), 0.1)
+
+
+def test_mixed_precision_path_with_grad_scaler(monkeypatch):
+    """The fp16 + GradScaler path (a T4's) exercised on the CPU, where autocast supports fp16."""
+    monkeypatch.setattr(utils.loop, "amp_dtype", lambda device: torch.float16)
+    history = train(Classifier(), xor_data(128), steps=20, lr=1e-2, **QUIET)
+    assert len(history.train) == 20 and all(math.isfinite(r["loss"]) for r in history.train)
+
+
+def test_a_transformers_model_trains_through_its_loss():
+    from transformers import BertConfig, BertForSequenceClassification
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    seed_everything(0)
+    model = BertForSequenceClassification(config)
+    batches = [{"input_ids": torch.randint(0, 30, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}] * 3
+    history = train(model, batches, steps=6, lr=1e-3, **QUIET)
+    assert len(history.train) == 6
+    expected = loss_of(model.eval()(**batches[0])).item()
+    assert evaluate_loss(model.train(), batches) == pytest.approx(expected, rel=1e-6)
+    assert model.training  # evaluate_loss puts the mode back
+
+
+# ------------------------------------------------------------------ clear errors
+def test_output_without_a_loss():
+    with pytest.raises(TypeError, match="returned a Tensor with no loss|loss must be a scalar"):
+        train(nn.Linear(2, 2), [torch.randn(4, 2)], steps=1, **QUIET)
+    with pytest.raises(TypeError, match="returned a dict with no loss"):
+        loss_of({"logits": torch.zeros(2)})
+    with pytest.raises(TypeError, match="scalar tensor, got \\(4, 2\\)"):
+        loss_of(torch.zeros(4, 2))
+
+
+def test_empty_and_exhausted_data():
+    with pytest.raises(ValueError, match="train_data has no batches.*drop_last"):
+        train(Classifier(), DataLoader(TensorDataset(torch.zeros(3, 2), torch.zeros(3).long()),
+                                       batch_size=4, drop_last=True), steps=1, **QUIET)
+    once = iter([(torch.zeros(2, 2), torch.zeros(2).long())])
+    with pytest.raises(ValueError, match="yielded no batches.*only once"):
+        train(Classifier(), once, steps=3, **QUIET)
+    with pytest.raises(ValueError, match="eval_data yielded no batches"):
+        evaluate_loss(Classifier(), [])
+
+
+@pytest.mark.parametrize("bad, message", [({"steps": 0}, "steps must be a positive int"),
+                                          ({"schedule": "exp"}, "schedule 'exp' is not one of"),
+                                          ({"grad_accum": 0}, "grad_accum must be"),
+                                          ({"mode": "up"}, "mode must be"),
+                                          ({"eval_every": 0}, "eval_every must be an int >= 1")])
+def test_bad_config_fails_before_any_work(bad, message):
+    with pytest.raises(ValueError, match=f"bad training config: {message}"):
+        TrainConfig(**{"steps": 10, **bad})
+    with pytest.raises(ValueError, match="bad training config"):
+        train(Classifier(), xor_data(32), **{"steps": 10, **bad})
+
+
+def test_early_stopping_needs_something_to_watch():
+    with pytest.raises(ValueError, match="patience .* needs eval_data or metrics"):
+        train(Classifier(), xor_data(32), steps=5, patience=2, **QUIET)
+    with pytest.raises(KeyError, match="monitor='accuracy' is not among"):
+        train(Classifier(), xor_data(32), steps=5, eval_data=xor_data(32), monitor="accuracy", **QUIET)
+
+
+def test_a_diverging_loss_is_reported():
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.w * float("inf")
+    with pytest.raises(FloatingPointError, match="loss became (inf|nan) at step 1: lower lr"):
+        train(Exploding(), [torch.zeros(1)], steps=3, clip=None, **QUIET)
+
+
+# ------------------------------------------------------------------ small pieces
+def test_batch_helpers():
+    batch = {"ids": torch.zeros(5, 3), "mask": [torch.ones(5)]}
+    assert batch_size(batch) == 5 and batch_size((torch.zeros(2, 1),)) == 2 and batch_size(torch.tensor(1.0)) == 1
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["ids"].device.type == "cpu" and isinstance(moved["mask"], list)
+    f = lambda *args, **kwargs: (args, kwargs)
+    assert forward(f, {"a": 1}) == ((), {"a": 1}) and forward(f, (1, 2)) == ((1, 2), {}) and forward(f, 3) == ((3,), {})
+
+
+def test_evaluate_loss_is_weighted_by_batch_size():
+    class Mean(nn.Module):
+        def forward(self, x):
+            return x.mean()
+    assert evaluate_loss(Mean(), [torch.full((3,), 1.0), torch.full((1,), 5.0)]) == pytest.approx(2.0)
+
+
+def test_history_round_trip_and_series():
+    history = train(Classifier(), xor_data(64), steps=4, eval_data=xor_data(32), eval_every=2, **QUIET)
+    assert History.from_dict(history.to_dict()) == history
+    assert history.series("eval_loss")[0] == [2, 4] and history.series("loss")[0] == [1, 2, 3, 4]
+
+
+def test_live_plot_and_progress_bar_outside_a_notebook(capsys):
+    history = train(Classifier(), xor_data(64), steps=3, live_plot=True, progress=True, desc="demo")
+    assert len(history.train) == 3
+    assert "demo" in capsys.readouterr().err  # tqdm writes its text bar to stderr

@@ -1,0 +1,483 @@
+"""One training loop for the whole course.
+
+`train(model, train_data, steps=...)` trains any `nn.Module` whose forward returns a loss (a
+scalar tensor, or an output with `.loss` such as a `transformers` model given `labels`), and
+returns a `History`. It handles the device and mixed precision, gradient accumulation and
+clipping, a warmup + decay schedule, periodic evaluation, early stopping, checkpoints with exact
+resume, a progress bar and a live plot. Read it once: every chapter's training goes through here.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, atomic_path, load_module, load_state, save_module, save_state
+from .hardware import amp_dtype, needs_grad_scaler, pick_device
+
+SCHEDULES = ("constant", "linear", "cosine")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# ---------------------------------------------------------------- configuration and history
+@dataclass
+class TrainConfig:
+    """Everything `train` needs besides the model and the data; checked before any work starts."""
+    steps: int                          # optimizer steps (one step = grad_accum batches)
+    lr: float = 1e-3
+    weight_decay: float = 0.01          # AdamW; never applied to biases and LayerNorm weights
+    schedule: str = "linear"            # after warmup: constant, linear or cosine decay to 0
+    warmup: float = 0.0                 # fraction of steps (< 1) or a number of steps (>= 1)
+    grad_accum: int = 1
+    clip: float | None = 1.0            # max gradient norm; None turns clipping off
+    eval_every: int | None = None       # steps between evaluations; default: 10 per run
+    monitor: str = "eval_loss"          # what early stopping and restore_best watch
+    mode: str = "min"                   # "min" for a loss, "max" for accuracy-like metrics
+    patience: int | None = None         # evaluations without improvement before stopping
+    min_delta: float = 0.0
+    restore_best: bool = False          # load the best evaluated weights at the end
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int | None = None  # default: at every evaluation, else 10 per run
+    keep: int = 2                       # newest checkpoints kept on disk
+    resume: bool = True                 # continue from checkpoint_dir's newest checkpoint
+    device: str | None = None           # None: cuda → mps → cpu (see utils.hardware)
+    amp: bool = True                    # mixed precision where the device supports it
+    log_every: int = 10                 # steps between reading losses back from the device
+    progress: bool = True
+    live_plot: bool = False
+    desc: str = "training"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"bad training config: {message}")
+        need(isinstance(self.steps, int) and self.steps > 0, f"steps must be a positive int, got {self.steps!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+        need(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup!r}")
+        need(isinstance(self.grad_accum, int) and self.grad_accum >= 1, f"grad_accum must be an int >= 1, got {self.grad_accum!r}")
+        need(self.clip is None or self.clip > 0, f"clip must be > 0 or None, got {self.clip!r}")
+        need(self.mode in ("min", "max"), f"mode must be 'min' or 'max', got {self.mode!r}")
+        for name in ("eval_every", "patience", "checkpoint_every", "log_every", "keep"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and value >= 1), f"{name} must be an int >= 1, got {value!r}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        keys = ("steps", "lr", "weight_decay", "schedule", "warmup", "grad_accum", "clip")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class History:
+    """What happened during training: one row per optimizer step, one per evaluation."""
+    train: list[dict[str, float]] = field(default_factory=list)  # step, loss, lr, grad_norm
+    eval: list[dict[str, float]] = field(default_factory=list)   # step, eval_loss, metrics…
+    best_step: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def losses(self) -> list[float]:
+        return [row["loss"] for row in self.train]
+
+    @property
+    def steps_done(self) -> int:
+        return self.train[-1]["step"] if self.train else 0
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of `key`, from the training rows or else the evaluation rows."""
+        rows = self.train if self.train and key in self.train[0] else self.eval
+        pairs = [(r["step"], r[key]) for r in rows if key in r]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "History":
+        return cls(**data)
+
+
+# ---------------------------------------------------------------- small public pieces
+def lr_multiplier(step: int, *, steps: int, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate factor at `step`: linear warmup from 0, then constant, linear or cosine decay
+    to 0 at `steps` (the same curves as transformers' get_scheduler)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown schedule {schedule!r}: use one of {SCHEDULES}")
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: matrices get weight decay; biases, LayerNorm and other 1-D weights do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters (all frozen?)")
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def loss_of(output: Any) -> torch.Tensor:
+    """The scalar loss in a model's output, or a one-line error saying why there is none."""
+    loss = output
+    if not isinstance(output, torch.Tensor):
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if loss is None:
+        raise TypeError(f"the model returned a {type(output).__name__} with no loss: make forward "
+                        f"return a scalar loss, or give a transformers model 'labels' in the batch")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TypeError(f"the model's loss must be a scalar tensor, got {shape}; reduce it, e.g. .mean()")
+    return loss.reshape(())
+
+
+def forward(model: nn.Module, batch: Any) -> Any:
+    """Call the model on a batch: a dict as keyword arguments, a tuple/list as positional ones."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_size(batch: Any) -> int:
+    """Number of examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.ndim else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(values, Iterable) and not isinstance(values, str):
+        for value in values:
+            return batch_size(value)
+    return 1
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, data: Iterable, *, device: str | torch.device | None = None,
+                  amp: bool = True) -> float:
+    """Mean loss over `data`, weighted by batch size, in eval mode and without gradients."""
+    device = pick_device(device)
+    autocast = _autocast(device, amp)
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    try:
+        for batch in data:
+            n = batch_size(batch)
+            with autocast():
+                loss = loss_of(forward(model, to_device(batch, device)))
+            total += loss.double() * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("eval_data yielded no batches: is the evaluation set empty?")
+    return total.item() / count
+
+
+def _autocast(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = amp_dtype(device) if amp else None
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- random state and data position
+def _generators(data: Any) -> list[torch.Generator]:
+    found = [getattr(data, "generator", None), getattr(getattr(data, "sampler", None), "generator", None)]
+    unique: list[torch.Generator] = []
+    for gen in found:
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in unique):
+            unique.append(gen)
+    return unique
+
+
+def _rng_state(data: Any) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(),
+             "loader": [g.get_state() for g in _generators(data)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], data: Any) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for gen, gen_state in zip(_generators(data), state["loader"]):
+        gen.set_state(gen_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Batches:
+    """Endless batches from `data`, epoch after epoch, that can be put back to any position.
+
+    The order of an epoch is drawn when its iterator starts, from the random state at that
+    moment; keeping that state and the count of batches taken is enough to replay the position.
+    """
+
+    def __init__(self, data: Iterable, name: str):
+        if hasattr(data, "__len__") and len(data) == 0:
+            raise ValueError(f"{name} has no batches: is the dataset empty, or batch_size larger than "
+                             f"the dataset with drop_last=True?")
+        self.data, self.name = data, name
+        self.epoch, self.taken, self.epoch_rng, self._it = 0, 0, None, None
+
+    def _start_epoch(self) -> None:
+        self.epoch_rng = _rng_state(self.data)
+        self._it, self.taken = iter(self.data), 0
+
+    def next(self) -> Any:
+        if self._it is None:
+            self._start_epoch()
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.taken == 0:
+                    raise ValueError(f"{self.name} yielded no batches: is it empty or already exhausted "
+                                     f"(a generator can be iterated only once)?") from None
+                self.epoch += 1
+                self._start_epoch()
+                continue
+            self.taken += 1
+            return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "taken": self.taken, "epoch_rng": self.epoch_rng}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        if state["epoch_rng"] is None:
+            return
+        _set_rng_state(state["epoch_rng"], self.data)
+        self._it, self.taken = iter(self.data), 0
+        for _ in range(state["taken"]):  # replay the epoch's order up to where we were
+            next(self._it)
+            self.taken += 1
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+def checkpoint_steps(directory: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = (_STEP_DIR.match(p.name) for p in directory.iterdir() if p.is_dir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def _write_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[str, Any],
+                      keep: int) -> None:
+    with atomic_path(directory / f"step-{step:06d}") as tmp:
+        tmp.mkdir()
+        save_module(model, tmp / "model.safetensors")
+        save_state(state, tmp / "trainer_state.safetensors")
+    for old in checkpoint_steps(directory)[:-keep]:
+        shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the loop
+def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None = None,
+          metrics: Callable[[nn.Module], Mapping[str, float]] | None = None,
+          optimizer: torch.optim.Optimizer | None = None,
+          callbacks: Sequence[Callable[[int, History], Any]] = (), **config: Any) -> History:
+    """Train `model` for `steps` optimizer steps on `train_data` and return the `History`.
+
+    train_data / eval_data: DataLoaders (or any re-iterable) of batches; a dict batch is passed
+        as keyword arguments, a tuple as positional ones. The model's forward returns the loss.
+    metrics: `metrics(model) -> {"name": value}`, called at each evaluation (e.g. accuracy).
+    optimizer: default AdamW(lr, weight_decay) without decay on biases and LayerNorm.
+    callbacks: `callback(step, history)` after every optimizer step; returning True stops.
+    **config: the fields of `TrainConfig` (steps, lr, warmup, schedule, grad_accum, clip,
+        eval_every, patience, checkpoint_dir, live_plot, …), all checked before training starts.
+    """
+    cfg = TrainConfig(**config)
+    if cfg.patience is not None and eval_data is None and metrics is None:
+        raise ValueError("patience (early stopping) needs eval_data or metrics to watch")
+    device = pick_device(cfg.device)
+    dtype = amp_dtype(device) if cfg.amp else None
+    autocast = _autocast(device, cfg.amp)
+    model.to(device).train()
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    warmup = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, steps=cfg.steps, warmup_steps=warmup, schedule=cfg.schedule))
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    batches = _Batches(train_data, "train_data")
+    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
+    watching = eval_data is not None or metrics is not None
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
+    ckpt_every = cfg.checkpoint_every or (eval_every if watching else max(1, cfg.steps // 10))
+    history = History()
+    stale, best_weights = 0, None  # evaluations without improvement; weights at the best one
+
+    def trainer_state() -> dict[str, Any]:
+        return {"config": cfg.fingerprint(), "history": history.to_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "data": batches.state(), "rng": _rng_state(train_data),
+                "stale": stale, "best_weights": best_weights}
+
+    if ckpt_dir is not None and cfg.resume and checkpoint_steps(ckpt_dir):
+        last = ckpt_dir / f"step-{checkpoint_steps(ckpt_dir)[-1]:06d}"
+        state = load_state(last / "trainer_state.safetensors")
+        if state["config"] != cfg.fingerprint():
+            was = ", ".join(f"{k}={v!r}" for k, v in state["config"].items() if v != getattr(cfg, k))
+            now = ", ".join(f"{k}={getattr(cfg, k)!r}" for k, v in state["config"].items() if v != getattr(cfg, k))
+            raise CheckpointError(f"{last} was written with {was}, but this run has {now}: pass "
+                                  f"resume=False to start over, or use another checkpoint_dir")
+        load_module(model, last / "model.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = History.from_dict(state["history"])
+        history.resumed_from = history.steps_done
+        stale, best_weights = state["stale"], state["best_weights"]
+        batches.restore(state["data"])
+        _set_rng_state(state["rng"], train_data)
+
+    step = history.steps_done
+    if step >= cfg.steps or history.stopped_early:
+        return _finish(model, history, best_weights, cfg)
+
+    from tqdm.auto import tqdm
+    from .plots import LivePlot
+    plot = LivePlot(title=cfg.desc) if cfg.live_plot else None
+    pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []
+
+    def flush() -> None:  # read losses back from the device in one go, not every step
+        if not pending:
+            return
+        values = torch.stack([p[1] for p in pending]).tolist()
+        norms = ([None] * len(pending) if cfg.clip is None
+                 else torch.stack([p[3] for p in pending]).float().tolist())
+        for (s, _, lr, _), loss, norm in zip(pending, values, norms):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} at step {s}: lower lr (now {cfg.lr}), "
+                                         f"add warmup, or keep clip on")
+            history.train.append({"step": s, "loss": loss, "lr": lr, "grad_norm": norm})
+        pending.clear()
+        bar.set_postfix(loss=f"{history.train[-1]['loss']:.4f}", refresh=False)
+
+    def run_eval() -> bool:  # returns True when early stopping says stop
+        nonlocal stale, best_weights
+        row: dict[str, float] = {"step": step}
+        if eval_data is not None:
+            row["eval_loss"] = evaluate_loss(model, eval_data, device=device, amp=cfg.amp)
+        if metrics is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update({k: float(v) for k, v in metrics(model).items()})
+            model.train()
+        history.eval.append(row)
+        if cfg.monitor not in row:
+            raise KeyError(f"monitor={cfg.monitor!r} is not among the evaluated values {sorted(row)}")
+        value = row[cfg.monitor]
+        sign = 1.0 if cfg.mode == "min" else -1.0
+        if history.best_value is None or sign * (history.best_value - value) > cfg.min_delta:
+            history.best_step, history.best_value, stale = step, value, 0
+            if cfg.restore_best:
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        return cfg.patience is not None and stale >= cfg.patience
+
+    started = time.perf_counter()
+    with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress,
+              dynamic_ncols=True, unit="step") as bar:
+        try:
+            while step < cfg.steps:
+                lr = scheduler.get_last_lr()[0]
+                total = torch.zeros((), device=device)
+                for _ in range(cfg.grad_accum):
+                    batch = to_device(batches.next(), device)
+                    with autocast():
+                        loss = loss_of(forward(model, batch))
+                    scaler.scale(loss / cfg.grad_accum).backward()
+                    total += loss.detach().float()
+                grad_norm = None
+                if cfg.clip is not None:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                pending.append((step, total / cfg.grad_accum, lr, grad_norm))
+                bar.update(1)
+                stop = False
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    flush()
+                if watching and (step % eval_every == 0 or step == cfg.steps):
+                    flush()
+                    stop = run_eval()
+                    history.stopped_early = stop
+                if any(cb(step, history) for cb in callbacks):
+                    flush()
+                    stop = True
+                if ckpt_dir is not None and (step % ckpt_every == 0 or step == cfg.steps or stop):
+                    flush()
+                    history.elapsed_s += time.perf_counter() - started
+                    started = time.perf_counter()
+                    _write_checkpoint(ckpt_dir, step, model, trainer_state(), cfg.keep)
+                if plot is not None and not pending:
+                    plot.update(history)
+                if stop:
+                    break
+            flush()
+        except KeyboardInterrupt:
+            saved = checkpoint_steps(ckpt_dir) if ckpt_dir is not None else []
+            where = f"; run again to resume from step {saved[-1]}" if saved else ""
+            print(f"interrupted at step {step}{where}")
+            raise
+    history.elapsed_s += time.perf_counter() - started
+    if plot is not None:
+        plot.update(history, force=True)
+    return _finish(model, history, best_weights, cfg)
+
+
+def _finish(model: nn.Module, history: History, best_weights: dict | None, cfg: TrainConfig) -> History:
+    if cfg.restore_best and best_weights is not None:
+        model.load_state_dict(best_weights)
+    return history
+
