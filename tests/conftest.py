@@ -1,0 +1,55 @@
+"""Test-wide setup: offline everywhere, in this process and in every notebook kernel."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# Before anything imports huggingface libraries, and inherited by notebook kernels.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+os.environ.update(OFFLINE_ENV)
+
+_session_dir = Path(tempfile.mkdtemp(prefix="from-zero-tests-"))
+NETWORK_LOG = _session_dir / "network.log"
+NETWORK_LOG.touch()
+os.environ["FROM_ZERO_NETWORK_LOG"] = str(NETWORK_LOG)
+
+# Kernels started by nbval read IPython startup files from $IPYTHONDIR: install the guard there.
+_startup = _session_dir / "ipython" / "profile_default" / "startup"
+_startup.mkdir(parents=True)
+(_startup / "00-offline-guard.py").write_text(
+    "import importlib.util as _u\n"
+    f"_s = _u.spec_from_file_location('offline_guard', {str(HERE / 'offline_guard.py')!r})\n"
+    "_m = _u.module_from_spec(_s); _s.loader.exec_module(_m); _m.install()\n"
+    "del _u, _s, _m\n")
+os.environ["IPYTHONDIR"] = str(_session_dir / "ipython")
+
+import offline_guard  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+
+offline_guard.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Fail any test, notebook cells included, during which a connection was refused."""
+    before = NETWORK_LOG.stat().st_size
+    result = yield
+    with open(NETWORK_LOG, encoding="utf-8") as handle:
+        handle.seek(before)
+        attempts = handle.read().split()
+    if attempts:
+        raise offline_guard.NetworkBlocked(f"tried to reach the network: {attempts[:3]}")
+    return result
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A private artifact cache for one test."""
+    monkeypatch.setenv("FROM_ZERO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
