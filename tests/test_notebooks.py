@@ -1,0 +1,86 @@
+"""Checks on the committed notebooks themselves (nbval, configured in pyproject.toml, runs them)."""
+import base64
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ROOT / "chapters"
+NOTEBOOKS = sorted(p for p in CHAPTERS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+MAIN = [p for p in NOTEBOOKS if p.parent == CHAPTERS]
+README = (ROOT / "README.md").read_text()
+REPO = re.search(r"https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[)\s]", README).group(1)
+# Absolute paths of this or any machine; Colab's /content/ is expected in the setup cell.
+MACHINE_PATH = re.compile(r"(/(home|root|Users|work|tmp|private|var/folders)/[\w.-]+)|([A-Za-z]:\\\\Users)")
+MAX_BYTES, MAX_PNG_BYTES = 1_500_000, 150_000
+
+
+def test_there_are_chapters_numbered_without_gaps():
+    numbers = [int(p.name[:2]) for p in MAIN]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name) for p in MAIN), [p.name for p in MAIN]
+    assert numbers == list(range(len(MAIN))), numbers
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=lambda p: str(p.relative_to(CHAPTERS)))
+def notebook(request):
+    path = request.param
+    return path, nbformat.read(path, as_version=4)
+
+
+def test_valid_with_every_code_cell_executed_and_no_errors(notebook):
+    path, nb = notebook
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code), "run `make run-all` before committing"
+    assert any(c.outputs for c in code), "committed without outputs"
+    errors = [c.source[:60] for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"error outputs in cells {errors}"
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), "cells were not run top to bottom in one fresh kernel"
+
+
+def test_no_absolute_paths_and_bounded_size(notebook):
+    path, nb = notebook
+    text = path.read_text(encoding="utf-8")
+    assert str(ROOT) not in text
+    found = MACHINE_PATH.search(text)
+    assert found is None, f"absolute path {found.group(0)!r}"
+    assert path.stat().st_size < MAX_BYTES, f"{path.stat().st_size} bytes"
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                assert len(base64.b64decode(png)) < MAX_PNG_BYTES, "figure too large: lower dpi or size"
+
+
+def test_title_colab_badge_and_guarded_setup_cell(notebook):
+    path, nb = notebook
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "first cell must be a # title"
+    relative = path.relative_to(ROOT).as_posix()
+    assert f"https://colab.research.google.com/github/{REPO}/blob/main/{relative}" in first.source
+    setup = nb.cells[1]
+    assert setup.cell_type == "code" and 'if "google.colab" in sys.modules:' in setup.source
+    assert f"https://github.com/{REPO}.git" in setup.source
+
+
+def test_main_chapters_state_a_budget_and_end_with_what_we_measured():
+    for path in MAIN:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.get("from_zero", {}).get("budget_minutes", 0) > 0, path.name
+        assert nb.metadata.kernelspec.name == "python3", f"{path.name}: Colab expects the python3 kernel"
+        headings = [c.source for c in nb.cells if c.cell_type == "markdown"]
+        assert any(h.lstrip().startswith("## What we measured") for h in headings), path.name
+        sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "what_we_measured(" in sources and "assert " in sources, path.name
+
+
+def test_readme_lists_every_chapter_with_a_colab_badge():
+    for path in MAIN:
+        relative = path.relative_to(ROOT).as_posix()
+        assert f"]({relative})" in README, f"README's chapter table lacks {relative}"
+        assert f"colab.research.google.com/github/{REPO}/blob/main/{relative}" in README
+    assert README.index("make lab") < README.index("## ") and README.index("make test") < README.index("## ")

@@ -1,0 +1,92 @@
+"""Re-execute notebooks in place and print each chapter's time and headline figures.
+
+    python tools/run_notebooks.py                      # every notebook under chapters/
+    python tools/run_notebooks.py chapters/00_welcome.ipynb
+
+This is how committed notebooks get their outputs (`make run-all`), and an instructor's
+pre-flight before class. Kernels run offline (HF_*_OFFLINE=1) with the current environment's
+Python. A notebook that fails is reported and left as it was on disk. Exit status 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def notebooks_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def measured_figures(nb) -> dict[str, str]:
+    """The figures a notebook reported with utils.what_we_measured (in its output metadata)."""
+    figures: dict[str, str] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            figures.update(output.get("metadata", {}).get("from_zero", {}).get("measured", {}))
+    return figures
+
+
+def budget_minutes(nb) -> float | None:
+    return nb.metadata.get("from_zero", {}).get("budget_minutes")
+
+
+def execute(path: Path, timeout: int) -> tuple[float, str | None, object]:
+    """Run a notebook top to bottom in a fresh kernel; write it back only if it succeeded."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    started = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # drop the traceback's colour codes
+        lines = [line for line in text.splitlines() if line.strip()]
+        return time.perf_counter() - started, lines[-1] if lines else "cell failed", nb
+    elapsed = time.perf_counter() - started
+    nbformat.write(nb, path)
+    return elapsed, None, nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in chapters/")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or notebooks_under(ROOT / "chapters")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    os.environ.update(OFFLINE)
+
+    rows, failed = [], 0
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        elapsed, error, nb = execute(path.resolve(), args.timeout)
+        budget = budget_minutes(nb)
+        status = "FAILED" if error else ("over budget" if budget and elapsed > 60 * budget else "ok")
+        failed += error is not None
+        headline = error or "; ".join(f"{k}: {v}" for k, v in list(measured_figures(nb).items())[:4])
+        rows.append((path.name, f"{elapsed:6.1f} s", f"{budget:g} min" if budget else "-", status, headline))
+
+    header = ("notebook", "time", "budget", "status", "headline figures")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    print()
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)), row[4])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
