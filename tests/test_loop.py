@@ -1,5 +1,5 @@
-import itertools
 import math
+import shutil
 
 import pytest
 import torch
@@ -100,6 +100,25 @@ def test_exact_resume_after_a_crash(tmp_path):
     assert resumed.eval == reference.eval and resumed.best_step == reference.best_step
     for a, b in zip(resumed_model.parameters(), reference_model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_corrupt_checkpoint_is_named_and_the_one_before_still_resumes_exactly(tmp_path):
+    reference, _ = run()
+    with pytest.raises(Crash):
+        run(tmp_path, callbacks=[crash_at(22)])
+    state = tmp_path / "step-000020" / "trainer_state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])  # a disk that filled up, say
+    with pytest.raises(CheckpointError, match="cannot resume: .*corrupt.*Delete the folder step-000020 .*resume=False"):
+        run(tmp_path, perturb=True)
+    shutil.rmtree(tmp_path / "step-000020")
+    weights = tmp_path / "step-000016" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:-8])
+    with pytest.raises(CheckpointError, match="cannot resume: .*model.safetensors is corrupt.*step-000016"):
+        run(tmp_path, perturb=True)
+    weights.write_bytes(intact)
+    resumed, _ = run(tmp_path, perturb=True)
+    assert resumed.resumed_from == 16 and resumed.losses == reference.losses
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):

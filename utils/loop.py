@@ -192,7 +192,7 @@ def evaluate_loss(model: nn.Module, data: Iterable, *, device: str | torch.devic
                   amp: bool = True) -> float:
     """Mean loss over `data`, weighted by batch size, in eval mode and without gradients."""
     device = pick_device(device)
-    autocast = _autocast(device, amp)
+    autocast = _autocast(device, amp_dtype(device) if amp else None)
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -210,8 +210,7 @@ def evaluate_loss(model: nn.Module, data: Iterable, *, device: str | torch.devic
     return total.item() / count
 
 
-def _autocast(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = amp_dtype(device) if amp else None
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
@@ -314,6 +313,33 @@ def _write_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[
         shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
 
 
+def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dict[str, Any] | None:
+    """Load the newest checkpoint's weights into `model` and return its trainer state (None if none)."""
+    steps = checkpoint_steps(directory)
+    if not steps:
+        return None
+    last = directory / f"step-{steps[-1]:06d}"
+
+    def unreadable(exc: CheckpointError) -> CheckpointError:
+        return CheckpointError(f"cannot resume: {exc}. Delete the folder {last.name} to resume from "
+                               f"the checkpoint before it, or pass resume=False to start over")
+    try:
+        state = load_state(last / "trainer_state.safetensors")
+    except CheckpointError as exc:
+        raise unreadable(exc) from None
+    if state["config"] != cfg.fingerprint():
+        changed = [k for k, v in state["config"].items() if v != getattr(cfg, k)]
+        was = ", ".join(f"{k}={state['config'][k]!r}" for k in changed)
+        now = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed)
+        raise CheckpointError(f"{last} was written with {was}, but this run has {now}: pass "
+                              f"resume=False to start over, or use another checkpoint_dir")
+    try:  # only now, so that a refused resume leaves the model as it was
+        load_module(model, last / "model.safetensors")
+    except CheckpointError as exc:
+        raise unreadable(exc) from None
+    return state
+
+
 # ---------------------------------------------------------------- the loop
 def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None = None,
           metrics: Callable[[nn.Module], Mapping[str, float]] | None = None,
@@ -334,7 +360,7 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
         raise ValueError("patience (early stopping) needs eval_data or metrics to watch")
     device = pick_device(cfg.device)
     dtype = amp_dtype(device) if cfg.amp else None
-    autocast = _autocast(device, cfg.amp)
+    autocast = _autocast(device, dtype)
     model.to(device).train()
     if optimizer is None:
         optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -357,15 +383,8 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
                 "scaler": scaler.state_dict(), "data": batches.state(), "rng": _rng_state(train_data),
                 "stale": stale, "best_weights": best_weights}
 
-    if ckpt_dir is not None and cfg.resume and checkpoint_steps(ckpt_dir):
-        last = ckpt_dir / f"step-{checkpoint_steps(ckpt_dir)[-1]:06d}"
-        state = load_state(last / "trainer_state.safetensors")
-        if state["config"] != cfg.fingerprint():
-            was = ", ".join(f"{k}={v!r}" for k, v in state["config"].items() if v != getattr(cfg, k))
-            now = ", ".join(f"{k}={getattr(cfg, k)!r}" for k, v in state["config"].items() if v != getattr(cfg, k))
-            raise CheckpointError(f"{last} was written with {was}, but this run has {now}: pass "
-                                  f"resume=False to start over, or use another checkpoint_dir")
-        load_module(model, last / "model.safetensors")
+    state = _read_checkpoint(ckpt_dir, cfg, model) if ckpt_dir is not None and cfg.resume else None
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
