@@ -1,14 +1,18 @@
-"""Test-wide setup: offline everywhere, in this process and in every notebook kernel."""
+"""Test-wide setup: offline everywhere, in this process and in every notebook kernel.
+
+At the top of the repository so that it covers every test, `pytest chapters/xx.ipynb` included.
+"""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parent
+TESTS = ROOT / "tests"
 
 # Before anything imports huggingface libraries, and inherited by notebook kernels.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -25,12 +29,13 @@ _startup = _session_dir / "ipython" / "profile_default" / "startup"
 _startup.mkdir(parents=True)
 (_startup / "00-offline-guard.py").write_text(
     "import importlib.util as _u\n"
-    f"_s = _u.spec_from_file_location('offline_guard', {str(HERE / 'offline_guard.py')!r})\n"
+    f"_s = _u.spec_from_file_location('offline_guard', {str(TESTS / 'offline_guard.py')!r})\n"
     "_m = _u.module_from_spec(_s); _s.loader.exec_module(_m); _m.install()\n"
     "del _u, _s, _m\n")
 os.environ["IPYTHONDIR"] = str(_session_dir / "ipython")
 
-import offline_guard  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+sys.path.insert(0, str(TESTS))  # test helpers (offline_guard) importable here and in tests
+import offline_guard  # noqa: E402
 
 offline_guard.install()
 
@@ -42,7 +47,7 @@ def pytest_runtest_call(item):
     result = yield
     with open(NETWORK_LOG, encoding="utf-8") as handle:
         handle.seek(before)
-        attempts = handle.read().split()
+        attempts = handle.read().splitlines()
     if attempts:
         raise offline_guard.NetworkBlocked(f"tried to reach the network: {attempts[:3]}")
     return result
