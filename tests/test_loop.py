@@ -121,6 +121,15 @@ def test_a_corrupt_checkpoint_is_named_and_the_one_before_still_resumes_exactly(
     assert resumed.resumed_from == 16 and resumed.losses == reference.losses
 
 
+def test_resuming_on_smaller_data_is_a_clear_error(tmp_path):
+    with pytest.raises(Crash):
+        run(tmp_path, callbacks=[crash_at(6)])  # checkpoint at step 4: 8 batches into the epoch
+    small = xor_data(64, seed=0)  # 4 batches per epoch
+    with pytest.raises(CheckpointError, match="train_data has fewer batches than when the checkpoint"):
+        train(Classifier(), small, steps=30, lr=5e-3, warmup=0.2, grad_accum=2, eval_every=5, patience=50,
+              checkpoint_dir=tmp_path, checkpoint_every=4, eval_data=xor_data(64, seed=1), **QUIET)
+
+
 def test_a_finished_run_is_not_trained_again(tmp_path):
     first, _ = run(tmp_path)
     calls = []

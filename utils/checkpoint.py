@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _STATE_KEY = "from_zero_state"
@@ -102,10 +103,9 @@ def load_state(path: str | os.PathLike) -> Any:
     """Load a tree written by `save_state`."""
     path = _readable(path)
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:
         raise _corrupt(path, exc) from None
     if _STATE_KEY not in metadata:

@@ -257,7 +257,7 @@ class _Batches:
             raise ValueError(f"{name} has no batches: is the dataset empty, or batch_size larger than "
                              f"the dataset with drop_last=True?")
         self.data, self.name = data, name
-        self.epoch, self.taken, self.epoch_rng, self._it = 0, 0, None, None
+        self.taken, self.epoch_rng, self._it = 0, None, None
 
     def _start_epoch(self) -> None:
         self.epoch_rng = _rng_state(self.data)
@@ -273,23 +273,23 @@ class _Batches:
                 if self.taken == 0:
                     raise ValueError(f"{self.name} yielded no batches: is it empty or already exhausted "
                                      f"(a generator can be iterated only once)?") from None
-                self.epoch += 1
                 self._start_epoch()
                 continue
             self.taken += 1
             return batch
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "taken": self.taken, "epoch_rng": self.epoch_rng}
+        return {"taken": self.taken, "epoch_rng": self.epoch_rng}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.epoch = state["epoch"]
         if state["epoch_rng"] is None:
             return
         _set_rng_state(state["epoch_rng"], self.data)
         self._it, self.taken = iter(self.data), 0
         for _ in range(state["taken"]):  # replay the epoch's order up to where we were
-            next(self._it)
+            if next(self._it, None) is None:
+                raise CheckpointError(f"{self.name} has fewer batches than when the checkpoint was "
+                                      f"written: pass resume=False, or resume with the same data")
             self.taken += 1
 
 

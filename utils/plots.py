@@ -97,9 +97,11 @@ def bar_chart(values: Mapping[str, float], ax=None, *, title: str, ylabel: str,
         ax.set_title(title)
         (ax.set_xlabel if horizontal else ax.set_ylabel)(ylabel)
         ax.grid(axis="y" if horizontal else "x", visible=False)
-        if horizontal:
+        if horizontal:  # first key on top, room for the value labels at the right
             ax.invert_yaxis()
-        ax.margins(x=0.15) if horizontal else ax.margins(y=0.15)
+            ax.margins(x=0.15)
+        else:
+            ax.margins(y=0.15)
     return fig
 
 
