@@ -23,6 +23,8 @@ help:
 
 # The stamp makes a second `make lab` / `make test` skip the install; editing a requirements file redoes it.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || \
+		{ echo "error: $(PYTHON) not found; install Python 3.10+ or run 'make PYTHON=/path/to/python3 ...'"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "error: $(PYTHON) is older than Python 3.10; run 'make PYTHON=python3.11 ...'"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
