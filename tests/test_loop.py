@@ -76,8 +76,8 @@ def crash_at(step):
     return callback
 
 
-def run(checkpoint_dir=None, callbacks=(), perturb=False, **extra):
-    loader, held_out = xor_data(200, seed=0), xor_data(64, seed=1, shuffle=False)
+def run(checkpoint_dir=None, callbacks=(), perturb=False, train_size=200, **extra):
+    loader, held_out = xor_data(train_size, seed=0), xor_data(64, seed=1, shuffle=False)
     if perturb:  # a resumed run starts from other random states and other weights
         seed_everything(999)
         loader.generator.manual_seed(5)
@@ -124,10 +124,8 @@ def test_a_corrupt_checkpoint_is_named_and_the_one_before_still_resumes_exactly(
 def test_resuming_on_smaller_data_is_a_clear_error(tmp_path):
     with pytest.raises(Crash):
         run(tmp_path, callbacks=[crash_at(6)])  # checkpoint at step 4: 8 batches into the epoch
-    small = xor_data(64, seed=0)  # 4 batches per epoch
     with pytest.raises(CheckpointError, match="train_data has fewer batches than when the checkpoint"):
-        train(Classifier(), small, steps=30, lr=5e-3, warmup=0.2, grad_accum=2, eval_every=5, patience=50,
-              checkpoint_dir=tmp_path, checkpoint_every=4, eval_data=xor_data(64, seed=1), **QUIET)
+        run(tmp_path, train_size=64)  # 4 batches per epoch
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):
