@@ -14,10 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 TESTS = ROOT / "tests"
 
-# Before anything imports huggingface libraries, and inherited by notebook kernels.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-os.environ.update(OFFLINE_ENV)
+# Before anything imports huggingface libraries, and inherited by notebook kernels: the same
+# variables `make run-all` sets (the runner imports no huggingface library itself).
+from tools.run_notebooks import OFFLINE  # noqa: E402
+
+os.environ.update(OFFLINE)
 
 _session_dir = Path(tempfile.mkdtemp(prefix="from-zero-tests-"))
 NETWORK_LOG = _session_dir / "network.log"

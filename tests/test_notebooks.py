@@ -7,9 +7,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tools.run_notebooks import notebooks_under
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
-NOTEBOOKS = sorted(p for p in CHAPTERS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+NOTEBOOKS = notebooks_under(CHAPTERS)
 MAIN = [p for p in NOTEBOOKS if p.parent == CHAPTERS]
 README = (ROOT / "README.md").read_text()
 REPO = re.search(r"https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[)\s]", README).group(1)
