@@ -3,7 +3,7 @@ import pytest
 
 import matplotlib
 
-from utils import History, LivePlot, bar_chart, course_style, heatmap, plot_history, what_we_measured
+from utils import History, LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history, what_we_measured
 from utils.plots import figure_png, smooth
 from utils.report import format_value
 
@@ -70,3 +70,14 @@ def test_course_style_restores_only_what_it_set():
         assert matplotlib.is_interactive() is (not interactive)
     finally:
         matplotlib.interactive(interactive)
+
+
+def test_draw_graph_shows_every_node_of_an_engine_graph():
+    from utils.engine import Value
+    a, b = Value(2.0, label="a"), Value(-3.0, label="b")
+    out = a * b + a
+    out.backward()
+    fig = draw_graph(out, title="a·b + a")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == 4 and any(t.startswith("a\n2\ngrad -2") for t in texts)
+    assert fig.axes[0].get_title() == "a·b + a"

@@ -4,7 +4,8 @@ Where the code lives:
   utils.hardware    pick_device, amp_dtype, describe, preset       (CUDA → MPS → CPU, AMP dtype)
   utils.seeding     seed_everything, set_deterministic, seed_worker
   utils.loop        train, evaluate_loss, TrainConfig, History    (the one training loop)
-  utils.plots       plot_history, bar_chart, heatmap, LivePlot, course_style
+  utils.plots       plot_history, bar_chart, heatmap, draw_graph, LivePlot, course_style
+  utils.engine      Value, Tensor, MLP, cross_entropy                (chapter 02's autodiff engine)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
   utils.report      what_we_measured                               (each chapter's closing table)
@@ -15,13 +16,13 @@ from .artifacts import cache_root, get_or_build
 from .checkpoint import CheckpointError, load_module, load_state, save_module, save_state
 from .hardware import amp_dtype, describe, needs_grad_scaler, pick_device, preset
 from .loop import History, TrainConfig, evaluate_loss, lr_multiplier, train
-from .plots import LivePlot, bar_chart, course_style, heatmap, plot_history
+from .plots import LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history
 from .report import what_we_measured
 from .seeding import seed_everything, seed_worker, set_deterministic
 
 __all__ = [
     "CheckpointError", "History", "LivePlot", "TrainConfig", "amp_dtype", "bar_chart", "cache_root",
-    "course_style", "describe", "evaluate_loss", "get_or_build", "heatmap", "load_module", "load_state",
+    "course_style", "describe", "draw_graph", "evaluate_loss", "get_or_build", "heatmap", "load_module", "load_state",
     "lr_multiplier", "needs_grad_scaler", "pick_device", "plot_history", "preset", "save_module",
     "save_state", "seed_everything", "seed_worker", "set_deterministic", "train", "what_we_measured",
 ]

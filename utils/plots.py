@@ -1,4 +1,4 @@
-"""Plots in one projector-readable style: training histories, bars, heatmaps, a live plot.
+"""Plots in one projector-readable style: training histories, bars, heatmaps, computation graphs, a live plot.
 
 The style is applied inside each helper (`course_style()`), never globally on import.
 Each helper draws on `ax` if given, else on a new figure, and returns the figure; end the
@@ -124,6 +124,45 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], ax=Non
                     color="white" if value > middle else "black")
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def draw_graph(root, ax=None, *, title: str = "Computation graph", show_grad: bool = True):
+    """Draw the graph that produced `root` (a `utils.engine.Value`): inputs on the left, output on the right.
+
+    Pure matplotlib, no system graphviz. Each box shows the node's label or operation, its value and,
+    after `backward()`, its gradient; arrows follow the forward computation.
+    """
+    from .engine import topological_order
+    nodes = topological_order(root)
+    column = {}
+    for node in nodes:                                   # parents come first: longest path from an input
+        column[id(node)] = 1 + max((column[id(p)] for p in node.parents), default=-1)
+    rows: dict[int, int] = {}
+    position = {}
+    for node in nodes:
+        c = column[id(node)]
+        position[id(node)] = (c, rows.get(c, 0))
+        rows[c] = rows.get(c, 0) + 1
+    tallest = max(rows.values())
+    with course_style():
+        fig, ax = _axes(ax, figsize=(2.1 * (max(rows) + 1) + 0.5, 1.1 * tallest + 1))
+        ax.set_axis_off()
+        xy = {key: (c, (tallest - 1) / 2 - (r - (rows[c] - 1) / 2)) for key, (c, r) in position.items()}
+        for node in nodes:
+            for parent in node.parents:
+                ax.annotate("", xy=xy[id(node)], xytext=xy[id(parent)],
+                            arrowprops=dict(arrowstyle="-|>", color="gray", shrinkA=30, shrinkB=30, lw=1.5))
+        for node in nodes:
+            name = node.label or node.op or "input"
+            text = f"{name}\n{node.data:.3g}" + (f"\ngrad {node.grad:.3g}" if show_grad else "")
+            leaf = not node.parents
+            ax.text(*xy[id(node)], text, ha="center", va="center", fontsize=11,
+                    bbox=dict(boxstyle="round,pad=0.4", fc="#e8f0fb" if leaf else "#fdf2e3",
+                              ec=COLORS[0] if leaf else COLORS[3]))
+        ax.set_xlim(-0.6, max(rows) + 0.6)
+        ax.set_ylim(-0.8, tallest - 0.2)
+        ax.set_title(title)
     return fig
 
 

@@ -1,0 +1,116 @@
+"""utils.engine (chapter 02): every gradient equals PyTorch's in float64, on randomly generated programs."""
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utils.engine import (MLP, Tensor, Value, cross_entropy, max_gradient_difference, random_expression,
+                          random_tensor_program, topological_order, unbroadcast)
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=seeds, n_ops=st.integers(1, 25))
+def test_scalar_engine_matches_torch_on_random_expressions(seed, n_ops):
+    rng = np.random.default_rng(seed)
+    program = random_expression(rng, n_inputs=3, n_ops=n_ops)
+    assert max_gradient_difference(program, torch, rng.normal(size=3)) < 1e-10
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=seeds, depth=st.integers(1, 5))
+def test_tensor_engine_matches_torch_on_random_broadcasting_programs(seed, depth):
+    program = random_tensor_program(np.random.default_rng(seed), depth=depth)
+    assert max_gradient_difference(program, torch) < 1e-10
+
+
+def test_random_tensor_programs_cover_every_operation():
+    seen = set()
+
+    def walk(node):
+        seen.add(node[0])
+        for child in node[1:]:
+            if isinstance(child, tuple):
+                walk(child)
+    for seed in range(200):
+        walk(random_tensor_program(np.random.default_rng(seed))["tree"])
+    assert seen == {"leaf", "add", "sub", "mul", "matmul", "sum", "mean", "relu", "tanh", "exp_tanh", "log_square"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, hidden=st.integers(1, 16), batch=st.integers(1, 8), activation=st.sampled_from(["relu", "tanh"]))
+def test_mlp_gradients_match_torch(seed, hidden, batch, activation):
+    rng = np.random.default_rng(seed)
+    net = MLP([3, hidden, hidden, 4], rng, activation=activation)
+    x, y = rng.normal(size=(batch, 3)), rng.integers(4, size=batch)
+    cross_entropy(net(x), y).backward()
+    params = [torch.tensor(p.data, requires_grad=True) for p in net.parameters()]
+    h = torch.tensor(x)
+    for i in range(0, len(params), 2):
+        h = h @ params[i] + params[i + 1]
+        if i < len(params) - 2:
+            h = getattr(torch, activation)(h)
+    torch.nn.functional.cross_entropy(h, torch.tensor(y)).backward()
+    for ours, theirs in zip(net.parameters(), params):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = Tensor([[1000.0, 0.0], [0.0, -1000.0]], requires_grad=True)
+    loss = cross_entropy(logits, np.array([0, 1]))
+    loss.backward()
+    assert np.isfinite(loss.data) and math.isclose(float(loss.data), 500.0)
+    assert np.all(np.isfinite(logits.grad))
+
+
+def test_unbroadcast_sums_over_every_use():
+    grad = np.ones((4, 3))
+    assert unbroadcast(grad, (3,)).tolist() == [4.0, 4.0, 4.0]
+    assert unbroadcast(grad, (4, 1)).tolist() == [[3.0]] * 4
+    assert unbroadcast(grad, (1, 1)).tolist() == [[12.0]]
+
+
+def test_a_value_used_twice_accumulates_its_gradient():
+    a = Value(3.0)
+    (a * a + a).backward()          # d/da (a² + a) = 2a + 1
+    assert a.grad == 7.0
+
+
+def test_a_chain_of_ten_thousand_operations_does_not_recurse():
+    x = Value(0.5)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001
+    assert len(topological_order(y)) > sys.getrecursionlimit()
+    y.backward()
+    assert math.isclose(x.grad, 1.0001 ** 10_000, rel_tol=1e-9)
+
+
+def test_topological_order_puts_parents_first_and_visits_shared_nodes_once():
+    a, b = Value(1.0), Value(2.0)
+    c = a * b
+    d = c + c
+    order = topological_order(d)
+    assert len(order) == len({id(n) for n in order}) == 4
+    assert order.index(c) > max(order.index(a), order.index(b)) and order[-1] is d
+
+
+def test_mlp_sgd_step_lowers_the_loss():
+    rng = np.random.default_rng(0)
+    net = MLP([2, 16, 2], rng)
+    x, y = rng.normal(size=(64, 2)), (rng.normal(size=64) > 0).astype(int)
+    first = cross_entropy(net(x), y)
+    first.backward()
+    net.sgd_step(0.5)
+    assert all(p.grad is None for p in net.parameters())
+    assert cross_entropy(net(x), y).data < first.data
+
+
+def test_backward_starts_from_a_scalar():
+    with pytest.raises(AssertionError, match="scalar"):
+        Tensor(np.ones(3), requires_grad=True).tanh().backward()
