@@ -8,7 +8,7 @@ Where the code lives:
   utils.engine      Value, Tensor, MLP, cross_entropy                (chapter 02's autodiff engine)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
-  utils.report      what_we_measured                               (each chapter's closing table)
+  utils.report      what_we_measured, compare_gradients, show_source (closing table, gradient checks)
 
 Importing this package has no side effects: nothing is seeded, no global setting is changed.
 """
@@ -17,12 +17,12 @@ from .checkpoint import CheckpointError, load_module, load_state, save_module, s
 from .hardware import amp_dtype, describe, needs_grad_scaler, pick_device, preset
 from .loop import History, TrainConfig, evaluate_loss, lr_multiplier, train
 from .plots import LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history
-from .report import what_we_measured
+from .report import compare_gradients, show_source, what_we_measured
 from .seeding import seed_everything, seed_worker, set_deterministic
 
 __all__ = [
-    "CheckpointError", "History", "LivePlot", "TrainConfig", "amp_dtype", "bar_chart", "cache_root",
+    "CheckpointError", "History", "LivePlot", "TrainConfig", "amp_dtype", "bar_chart", "cache_root", "compare_gradients",
     "course_style", "describe", "draw_graph", "evaluate_loss", "get_or_build", "heatmap", "load_module", "load_state",
     "lr_multiplier", "needs_grad_scaler", "pick_device", "plot_history", "preset", "save_module",
-    "save_state", "seed_everything", "seed_worker", "set_deterministic", "train", "what_we_measured",
+    "save_state", "seed_everything", "seed_worker", "set_deterministic", "show_source", "train", "what_we_measured",
 ]

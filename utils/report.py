@@ -34,3 +34,46 @@ def what_we_measured(figures: Mapping[str, Any], title: str = "What we measured"
     else:
         display(Markdown(table), metadata={METADATA_KEY: {"measured": rows}})
     return rows
+
+
+def _display_markdown(text: str) -> None:
+    try:
+        from IPython.display import Markdown, display
+    except ImportError:
+        print(text)
+    else:
+        display(Markdown(text))
+
+
+def compare_gradients(pairs: Mapping[str, tuple[Any, Any]], *, rtol: float = 1e-10, atol: float = 1e-12) -> float:
+    """Show, per gradient, whether ours equals the reference exactly, within tolerance, and the largest gap.
+
+    `pairs` maps a name to (ours, reference): arrays or tensors of the same shape. Returns the largest
+    absolute difference over all of them, for the notebook's assert.
+    """
+    import numpy as np
+
+    def as_array(x):
+        return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+
+    rows, worst = [], 0.0
+    for name, (ours, reference) in pairs.items():
+        a, b = as_array(ours), as_array(reference)
+        if a.shape != b.shape:
+            raise ValueError(f"{name}: our gradient has shape {a.shape}, the reference {b.shape}")
+        gap = float(np.abs(a - b).max()) if a.size else 0.0
+        worst = max(worst, gap)
+        rows.append(f"| {name} | {a.shape} | {format_value(bool(np.array_equal(a, b)))} "
+                    f"| {format_value(bool(np.allclose(a, b, rtol=rtol, atol=atol)))} | {gap:.1e} |")
+    _display_markdown("\n".join(["| gradient | shape | exact | allclose | max difference |",
+                                 "| --- | --- | --- | --- | --- |", *rows]))
+    return worst
+
+
+def show_source(obj: Any) -> None:
+    """Show the source code of a function or class from `utils`, so a notebook reads the one copy that runs."""
+    import inspect
+    import textwrap
+    source = textwrap.dedent(inspect.getsource(obj))
+    module = inspect.getmodule(obj).__name__.replace(".", "/") + ".py"
+    _display_markdown(f"*from `{module}`:*\n```python\n{source.rstrip()}\n```")
