@@ -167,7 +167,7 @@ class Tensor:
         self.grad = grad if self.grad is None else self.grad + grad
 
     def _result(self, data, parents: tuple, op: str, backward_step: Callable[[Tensor], None]) -> Tensor:
-        out = Tensor(data, parents, op)
+        out = type(self)(data, parents, op)         # a subclass (new operations) keeps its class
         out.backward_step = lambda: backward_step(out.grad)
         return out
 
