@@ -6,6 +6,10 @@ Where the code lives:
   utils.loop        train, evaluate_loss, TrainConfig, History    (the one training loop)
   utils.plots       plot_history, bar_chart, heatmap, draw_graph, LivePlot, course_style
   utils.engine      Value, Tensor, MLP, cross_entropy                (chapter 02's autodiff engine)
+  utils.encoder     Encoder, EncoderLayer, encoder_from_bert         (chapter 03's BERT from scratch)
+  utils.models      PRESETS, bert_config, build_on_meta             (model sizes used in the course)
+  utils.params      parameter_formulas, count_by_component, apply_strategy   (where parameters live)
+  utils.lora        LoRALinear, add_lora, merge_lora                 (low-rank adaptation from scratch)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
   utils.report      what_we_measured, compare_gradients, show_source (closing table, gradient checks)

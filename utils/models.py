@@ -1,0 +1,51 @@
+"""Model sizes used in the course, as `transformers.BertConfig`s, and models built without memory.
+
+  bert_config("mini")           a BertConfig for one of PRESETS (overrides as keyword arguments)
+  build_on_meta(config, cls)    the model's structure with no weights in memory (for counting)
+
+The presets: BERT-base and BERT-large (the published models, for reference), all-MiniLM-L6-v2's shape
+(the course's real pretrained model, chapter 05 on), and the course's own mini-BERTs, sized for a
+laptop CPU ("tiny", "mini") and a GPU ("small"). Their vocabulary is the course's WordPiece tokenizer
+(chapter 04) of 8,000 tokens.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+COURSE_VOCAB = 8_000
+PRESETS: dict[str, dict[str, Any]] = {
+    "bert-base":  dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       vocab_size=30_522, max_position_embeddings=512),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                       vocab_size=30_522, max_position_embeddings=512),
+    "minilm-l6":  dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                       vocab_size=30_522, max_position_embeddings=512),
+    "tiny":       dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
+                       vocab_size=COURSE_VOCAB, max_position_embeddings=128),
+    "mini":       dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                       vocab_size=COURSE_VOCAB, max_position_embeddings=128),
+    "small":      dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048,
+                       vocab_size=COURSE_VOCAB, max_position_embeddings=256),
+}
+
+
+def bert_config(preset: str, **overrides):
+    """A `transformers.BertConfig` for `preset` (see PRESETS), with any field overridden."""
+    from transformers import BertConfig
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **overrides}
+    if settings["hidden_size"] % settings["num_attention_heads"]:
+        raise ValueError(f"hidden_size {settings['hidden_size']} is not divisible by "
+                         f"num_attention_heads {settings['num_attention_heads']}")
+    return BertConfig(**settings)
+
+
+def build_on_meta(config, model_class=None):
+    """Build `model_class(config)` (default `BertModel`) on the meta device: shapes only, no memory, instant."""
+    if model_class is None:
+        from transformers import BertModel as model_class
+    with torch.device("meta"):
+        return model_class(config)
