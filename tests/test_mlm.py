@@ -1,0 +1,83 @@
+"""utils.mlm (chapter 04): masking statistics, packing, the masked-only head, scores, the cached artifact."""
+import pytest
+import torch
+from transformers import BertForMaskedLM
+
+from utils.data import load_corpus, train_wordpiece
+from utils.mlm import (MaskedOnlyMLM, PretrainSettings, mask_tokens, masked_lm_scores, pack_blocks,
+                       pretrained_mini_bert, settings_for, special_mask, unigram_baseline)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(load_corpus("validation")[:800], vocab_size=600)
+
+
+def test_masking_follows_the_80_10_10_rule_and_never_touches_special_tokens():
+    ids = torch.randint(5, 1000, (400, 256))
+    ids[:, 0], ids[:, -1], ids[::7, 100:] = 2, 3, 0            # [CLS], [SEP], padding
+    special = ids < 5
+    inputs, labels = mask_tokens(ids, special, 1000, 4, 0.15, first_normal_id=5,
+                                 generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert not chosen[special].any() and torch.equal(inputs[special], ids[special])
+    assert abs(chosen.sum() / (~special).sum() - 0.15) < 0.005
+    masked = (inputs == 4) & chosen
+    unchanged = (inputs == ids) & chosen
+    assert abs(masked.sum() / chosen.sum() - 0.8) < 0.01
+    assert abs(unchanged.sum() / chosen.sum() - 0.1 - 0.1 / 995) < 0.01   # kept, or replaced by itself
+    assert torch.equal(labels[chosen], ids[chosen]) and (inputs[chosen & ~masked] >= 5).all()
+
+
+def test_pack_blocks_wraps_every_block_and_wastes_nothing(tokenizer):
+    lines = load_corpus("validation")[:50]
+    blocks = pack_blocks(lines, tokenizer, block_size=32)
+    assert blocks.shape[1] == 32 and (blocks[:, 0] == tokenizer.cls_token_id).all()
+    assert (blocks[:, -1] == tokenizer.sep_token_id).all() and not (blocks == tokenizer.pad_token_id).any()
+    with pytest.raises(ValueError, match="not enough for one block"):
+        pack_blocks(["two words"], tokenizer, block_size=64)
+
+
+def test_masked_only_head_gives_the_same_loss_as_the_full_head(tokenizer):
+    torch.manual_seed(0)
+    settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32)
+    from utils.mlm import new_model
+    model = new_model(settings, tokenizer).eval()
+    blocks = pack_blocks(load_corpus("validation")[:50], tokenizer, 32)[:8]
+    inputs, labels = mask_tokens(blocks, special_mask(blocks, tokenizer), len(tokenizer), tokenizer.mask_token_id,
+                                 generator=torch.Generator().manual_seed(1))
+    full = model(input_ids=inputs, labels=labels).loss
+    assert torch.allclose(MaskedOnlyMLM(model)(inputs, labels), full, atol=1e-5)
+    scores = masked_lm_scores(model, inputs, labels, batch_size=3)
+    assert abs(scores["loss"] - full.item()) < 1e-4 and 0 <= scores["accuracy"] <= 1
+
+
+def test_unigram_baseline_guesses_the_most_frequent_normal_token():
+    train_blocks = torch.tensor([[2, 7, 7, 7, 8, 3], [2, 7, 9, 8, 3, 3]])     # [SEP]=3 is frequent but special
+    labels = torch.tensor([[-100, 7, 8, -100, 9, 7]])
+    baseline = unigram_baseline(train_blocks, labels, vocab_size=10, special_ids=[0, 1, 2, 3, 4])
+    assert baseline["accuracy"] == 0.5
+    counts = torch.tensor([0, 0, 0, 0, 0, 1, 1, 5, 3, 2], dtype=torch.double)          # add-one smoothed
+    expected = torch.exp(-(counts / counts.sum()).log()[torch.tensor([7, 8, 9, 7])].mean()).item()
+    assert abs(baseline["perplexity"] - expected) < 1e-9
+
+
+def test_settings_presets_and_errors():
+    assert settings_for("cpu").model == "tiny" and settings_for("gpu").steps > settings_for("cpu").steps
+    assert settings_for("cpu", steps=5).steps == 5
+    with pytest.raises(ValueError, match="unknown preset 'tpu'"):
+        settings_for("tpu")
+
+
+def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cache_dir):
+    settings = PretrainSettings(model="tiny", vocab_size=500, block_size=32, batch_size=8, steps=2,
+                                validation_blocks=16, evaluations=1)
+    folder = pretrained_mini_bert(settings, progress=False)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not list(folder.glob("*.bin"))
+    again = pretrained_mini_bert(settings, progress=False)       # cached: no second training
+    assert again == folder and (folder / "model.safetensors").stat().st_mtime_ns == \
+        (again / "model.safetensors").stat().st_mtime_ns
+    model = BertForMaskedLM.from_pretrained(folder).eval()
+    ids = torch.randint(0, 500, (2, 16))
+    assert torch.equal(model(ids).logits, BertForMaskedLM.from_pretrained(folder).eval()(ids).logits)
