@@ -34,7 +34,7 @@ class PretrainSettings:
     vocab_size: int = 8_000
     block_size: int = 64            # tokens per training example, [CLS] and [SEP] included
     batch_size: int = 64
-    steps: int = 1_200
+    steps: int = 1_100
     lr: float = 1e-3
     warmup: float = 0.06
     mask_probability: float = 0.15
