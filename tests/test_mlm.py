@@ -81,3 +81,15 @@ def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cac
     model = BertForMaskedLM.from_pretrained(folder).eval()
     ids = torch.randint(0, 500, (2, 16))
     assert torch.equal(model(ids).logits, BertForMaskedLM.from_pretrained(folder).eval()(ids).logits)
+
+
+def test_pretraining_checkpoints_and_a_second_run_restores_instead_of_retraining(cache_dir, tokenizer):
+    from utils.mlm import pretrain, training_folder
+    settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=4,
+                                validation_blocks=8, evaluations=2, in_domain=False)
+    first = pretrain(settings, tokenizer, progress=False)
+    assert any(training_folder(settings).glob("step-*")) and training_folder(settings).is_relative_to(cache_dir)
+    second = pretrain(settings, tokenizer, progress=False)
+    assert second["history"].resumed_from == 4 and second["history"].losses == first["history"].losses
+    for a, b in zip(first["model"].state_dict().values(), second["model"].state_dict().values()):
+        assert torch.equal(a, b)

