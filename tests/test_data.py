@@ -173,7 +173,7 @@ def test_wordpiece_training_is_deterministic():
 
 
 def test_pretrained_model_offline_and_clear_errors(tmp_path):
-    assert (tmp_path / "x").mkdir() is None
+    (tmp_path / "x").mkdir()
     with pytest.raises(DataError, match="not a model folder .*config.json"):
         pretrained_source(str(tmp_path / "x"))
     assert pretrained_source("hub") == "sentence-transformers/all-MiniLM-L6-v2"
