@@ -179,3 +179,28 @@ def test_pretrained_model_offline_and_clear_errors(tmp_path):
     assert pretrained_source("hub") == "sentence-transformers/all-MiniLM-L6-v2"
     model = load_pretrained()
     assert sum(p.numel() for p in model.parameters()) == 22_713_216
+
+
+def test_behaviour_set_is_balanced_valid_and_disjoint_from_the_data():
+    rows = data.load_behaviour_set()
+    by_phenomenon = {p: [r for r in rows if r["phenomenon"] == p] for p in data.PHENOMENA}
+    assert all(len(group) >= 12 for group in by_phenomenon.values())
+    for phenomenon in ("negation", "intensifier", "contrast"):
+        labels = [r["label"] for r in by_phenomenon[phenomenon]]
+        assert labels.count(0) == labels.count(1)
+    sentiment = data.load_sentiment()
+    seen = {t.lower() for split in data.SPLITS for t in sentiment[split]["text"]}
+    assert not any(r["text"].lower() in seen for r in rows)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"phenomenon": "sarcasm", "text": "Sure, great.", "label": 0}', "needs a phenomenon"),
+    ('{"phenomenon": "negation", "text": "Not good.", "label": null}', "null exactly for 'neutral'"),
+    ('{"phenomenon": "neutral", "text": "It is long.", "label": 1}', "null exactly for 'neutral'"),
+    ('{"phenomenon": "negation", "text": "Not good."', "not valid JSON"),
+])
+def test_a_bad_behaviour_file_names_the_line(tmp_path, line, message):
+    path = tmp_path / "behaviour.jsonl"
+    path.write_text('{"phenomenon": "negation", "text": "Not bad.", "label": 1}\n' + line + "\n")
+    with pytest.raises(DataError, match=f"line 2: .*{message}"):
+        data.load_behaviour_set(path)

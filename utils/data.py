@@ -6,6 +6,7 @@
   source_file(name, file)  the path of one fetched file (fetches on first use)
   load_corpus(split)       WikiText-2 raw lines: "train", "validation" or "test"
   load_sentiment()         the course's binary sentiment set as a datasets.DatasetDict (train/validation/test)
+  load_behaviour_set()     hand-written checks: negation, intensifiers, contrast, neutral facts
   train_wordpiece(lines)   a WordPiece tokenizer trained from scratch, deterministic, as a transformers fast tokenizer
 
 `source=` switches a loader to the Hugging Face hub ("hub"), another hub id, or your own files
@@ -307,6 +308,29 @@ def _split_dataset(data, seed: int):
     whole = next(iter(data.values()))
     positions = stratified_split(whole["label"], seed)
     return datasets.DatasetDict({name: whole.select(positions[name]) for name in SPLITS})
+
+
+BEHAVIOUR_FILE = DATA_DIR / "sentiment_behaviour.jsonl"
+PHENOMENA = ("negation", "intensifier", "contrast", "neutral")
+
+
+def load_behaviour_set(path: str | Path = BEHAVIOUR_FILE) -> list[dict]:
+    """The course's hand-written behavioural checks for sentiment (chapter 05): dicts with phenomenon,
+    text and label (0 / 1; None for neutral facts, where a good model should not be confident)."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+        if row.get("phenomenon") not in PHENOMENA or not str(row.get("text", "")).strip():
+            raise DataError(f"{path}, line {number}: needs a phenomenon in {PHENOMENA} and a non-empty text")
+        if (row.get("label") is None) != (row["phenomenon"] == "neutral") or row.get("label") not in (0, 1, None):
+            raise DataError(f"{path}, line {number}: label must be 0 or 1, and null exactly for 'neutral'")
+        rows.append({"phenomenon": row["phenomenon"], "text": row["text"].strip(), "label": row["label"]})
+    return rows
 
 
 # ---- Tokenizer training (chapter 04)
