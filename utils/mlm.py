@@ -152,14 +152,21 @@ def corpus(settings: PretrainSettings) -> list[str]:
     return lines
 
 
+def mask_with(tokenizer, blocks: torch.Tensor, specials: torch.Tensor, probability: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mask_tokens` with the vocabulary, [MASK] id and special-token range of one of our tokenizers
+    (`train_wordpiece` numbers the special tokens first, so random replacements start after them)."""
+    return mask_tokens(blocks, specials, len(tokenizer), tokenizer.mask_token_id, probability,
+                       first_normal_id=len(tokenizer.all_special_ids), generator=generator)
+
+
 def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, generator: torch.Generator):
     """A DataLoader of freshly masked batches: each epoch masks each block anew (dynamic masking)."""
     specials = special_mask(blocks, tokenizer)
 
     def collate(indices):
         index = torch.tensor(indices)
-        inputs, labels = mask_tokens(blocks[index], specials[index], len(tokenizer), tokenizer.mask_token_id,
-                                     settings.mask_probability, first_normal_id=len(tokenizer.all_special_ids))
+        inputs, labels = mask_with(tokenizer, blocks[index], specials[index], settings.mask_probability)
         return {"input_ids": inputs, "labels": labels}
     return torch.utils.data.DataLoader(range(len(blocks)), batch_size=settings.batch_size, shuffle=True,
                                        drop_last=True, collate_fn=collate, generator=generator)
@@ -168,9 +175,8 @@ def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, 
 def fixed_masked_set(lines: list[str], tokenizer, settings: PretrainSettings, seed: int):
     """Blocks masked once with a fixed seed, so every evaluation scores exactly the same positions."""
     blocks = pack_blocks(lines, tokenizer, settings.block_size)
-    return mask_tokens(blocks, special_mask(blocks, tokenizer), len(tokenizer), tokenizer.mask_token_id,
-                       settings.mask_probability, first_normal_id=len(tokenizer.all_special_ids),
-                       generator=torch.Generator().manual_seed(seed))
+    return mask_with(tokenizer, blocks, special_mask(blocks, tokenizer), settings.mask_probability,
+                     generator=torch.Generator().manual_seed(seed))
 
 
 def new_model(settings: PretrainSettings, tokenizer):
@@ -196,10 +202,11 @@ def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **trai
     interrupted run continues where it stopped, a finished one is restored instead of trained again.
     """
     train_options.setdefault("checkpoint_dir", training_folder(settings))
+    text = corpus(settings)
     if tokenizer is None:
-        tokenizer = train_wordpiece(corpus(settings), vocab_size=settings.vocab_size, max_length=settings.block_size)
+        tokenizer = train_wordpiece(text, vocab_size=settings.vocab_size, max_length=settings.block_size)
     generator = seed_everything(settings.seed)
-    blocks = pack_blocks(corpus(settings), tokenizer, settings.block_size)
+    blocks = pack_blocks(text, tokenizer, settings.block_size)
     validation = [part[:settings.validation_blocks] for part in
                   fixed_masked_set(load_corpus("validation"), tokenizer, settings, seed=settings.seed + 1)]
     model = new_model(settings, tokenizer)

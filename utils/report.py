@@ -27,22 +27,18 @@ def what_we_measured(figures: Mapping[str, Any], title: str = "What we measured"
     rows = {str(name): format_value(value) for name, value in figures.items()}
     table = "\n".join([f"**{title}**", "", "| figure | value |", "| --- | --- |",
                        *(f"| {name} | {value} |" for name, value in rows.items())])
-    try:
-        from IPython.display import Markdown, display
-    except ImportError:
-        print(table)
-    else:
-        display(Markdown(table), metadata={METADATA_KEY: {"measured": rows}})
+    _display_markdown(table, metadata={METADATA_KEY: {"measured": rows}})
     return rows
 
 
-def _display_markdown(text: str) -> None:
+def _display_markdown(text: str, metadata: dict | None = None) -> None:
+    """Show Markdown in a notebook (with output metadata, if given); print it elsewhere."""
     try:
         from IPython.display import Markdown, display
     except ImportError:
         print(text)
     else:
-        display(Markdown(text))
+        display(Markdown(text), metadata=metadata)
 
 
 def compare_gradients(pairs: Mapping[str, tuple[Any, Any]], *, rtol: float = 1e-10, atol: float = 1e-12) -> float:
