@@ -13,6 +13,7 @@ Where the code lives:
   utils.memory      saved_for_backward                              (activation memory kept for backward)
   utils.data        fetch, load_corpus, load_sentiment, train_wordpiece   (offline data, chapter 04 on)
   utils.mlm         mask_tokens, pack_blocks, pretrain, pretrained_mini_bert (chapter 04's pretraining)
+  utils.finetune    SentenceClassifier, fine_tune, run, scores, teacher (chapter 05's fine-tuning)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
   utils.report      what_we_measured, compare_gradients, show_source (closing table, gradient checks)
