@@ -82,6 +82,8 @@ def test_evaluation_batches_are_sorted_and_predictions_come_back_in_order(sentim
     assert np.allclose(probs, one_by_one, atol=1e-5) and np.allclose(probs.sum(1), 1)
     vectors = features(model, loader)
     assert vectors.shape == (len(sentiment["test"]), 16)
+    with pytest.raises(ValueError, match="evaluation loader"):
+        features(model, batches(sentiment["test"], tokenizer, 7))
 
 
 def test_scores_by_hand():

@@ -320,6 +320,8 @@ def fine_tune(model: nn.Module, train_part, validation_loader, tokenizer, settin
 @torch.inference_mode()
 def features(model: SentenceClassifier, loader) -> np.ndarray:
     """The frozen encoder's sentence vectors (the model's pooling) for an evaluation loader, in order."""
+    if getattr(loader, "order", None) is None:
+        raise ValueError("features needs an evaluation loader: batches(part, tokenizer, shuffle=False)")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
