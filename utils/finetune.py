@@ -101,7 +101,7 @@ def new_classifier(arm: str, seed: int = 0, pooling: str = "mean", dropout: floa
     all-MiniLM-L6-v2 from the offline package. Every arm fine-tunes with the same `dropout`.
     """
     from transformers import BertConfig, BertModel
-    from .models import load_pretrained
+    from .models import load_pretrained, quiet_transformers
     _check_arm(arm)
     seed_everything(seed)
     rates = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
@@ -109,8 +109,8 @@ def new_classifier(arm: str, seed: int = 0, pooling: str = "mean", dropout: floa
         config = BertConfig.from_pretrained(mini_bert or mini_bert_folder(), **rates)
         encoder = BertModel(config, add_pooling_layer=False)
     elif arm == "mini-bert":
-        encoder = _quiet(lambda: BertModel.from_pretrained(mini_bert or mini_bert_folder(),
-                                                           add_pooling_layer=False, **rates))
+        with quiet_transformers():
+            encoder = BertModel.from_pretrained(mini_bert or mini_bert_folder(), add_pooling_layer=False, **rates)
     else:
         encoder = load_pretrained(BertModel, add_pooling_layer=False, **rates)
     torch.manual_seed(seed)   # the head's initialisation depends on the seed only, not on the arm
@@ -120,19 +120,6 @@ def new_classifier(arm: str, seed: int = 0, pooling: str = "mean", dropout: floa
 def _check_arm(arm: str) -> None:
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
-
-
-def _quiet(load: Callable[[], Any]) -> Any:
-    from transformers.utils import logging as hf_logging
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return load()
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- data
@@ -237,13 +224,17 @@ def predict_proba(model: nn.Module, loader, device: str | torch.device | None = 
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         chunks.append(torch.softmax(model(**batch).logits.float(), -1).cpu())
     model.train(was_training)
-    probs = torch.cat(chunks).numpy()
+    return _in_split_order(torch.cat(chunks).numpy(), loader)
+
+
+def _in_split_order(values: np.ndarray, loader) -> np.ndarray:
+    """Rows computed in an evaluation loader's length-sorted order, put back in the split's order."""
     order = getattr(loader, "order", None)
-    if order is not None:
-        restored = np.empty_like(probs)
-        restored[order] = probs
-        probs = restored
-    return probs
+    if order is None:
+        return values
+    restored = np.empty_like(values)
+    restored[order] = values
+    return restored
 
 
 def scores(labels: Sequence[int], probs: np.ndarray, bins: int = 10) -> dict[str, Any]:
@@ -278,13 +269,7 @@ def accuracy(model: nn.Module, loader) -> float:
 
 
 def _labels(loader) -> np.ndarray:
-    labels = np.asarray(loader.dataset["labels"])
-    order = getattr(loader, "order", None)
-    if order is not None:
-        restored = np.empty_like(labels)
-        restored[order] = labels
-        labels = restored
-    return labels
+    return _in_split_order(np.asarray(loader.dataset["labels"]), loader)
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -328,10 +313,7 @@ def features(model: SentenceClassifier, loader) -> np.ndarray:
     chunks = [model.sentence_vectors(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
               for batch in loader]
     model.train(was_training)
-    vectors = torch.cat(chunks).numpy()
-    restored = np.empty_like(vectors)
-    restored[loader.order] = vectors
-    return restored
+    return _in_split_order(torch.cat(chunks).numpy(), loader)
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], valid_x: np.ndarray, valid_y: Sequence[int],

@@ -10,7 +10,8 @@ laptop CPU ("tiny", "mini") and a GPU ("small"). Their vocabulary is the course'
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -72,20 +73,28 @@ def pretrained_source(source: str | None = None) -> str:
     return source
 
 
-def load_pretrained(model_class=None, source: str | None = None, **kwargs):
-    """`model_class.from_pretrained` (default BertModel) on `pretrained_source(source)`, quietly."""
-    from transformers import BertModel
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars for a block ("newly initialized: classifier" is
+    expected for a new head, and a "Loading weights" bar in every notebook output is noise)."""
     from transformers.utils import logging as hf_logging
-    model_class = model_class or BertModel
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()       # "newly initialized: classifier" is expected for a new head
-    hf_logging.disable_progress_bar()      # a "Loading weights" bar in every notebook output is noise
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        return model_class.from_pretrained(pretrained_source(source), **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_pretrained(model_class=None, source: str | None = None, **kwargs):
+    """`model_class.from_pretrained` (default BertModel) on `pretrained_source(source)`, quietly."""
+    from transformers import BertModel
+    model_class = model_class or BertModel
+    with quiet_transformers():
+        return model_class.from_pretrained(pretrained_source(source), **kwargs)
 
 
 def load_pretrained_tokenizer(source: str | None = None):
