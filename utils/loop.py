@@ -441,8 +441,9 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
         return cfg.patience is not None and stale >= cfg.patience
 
     started = time.perf_counter()
+    # mininterval: a notebook bar sends a kernel message per redraw; twice a second is live enough
     with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress,
-              dynamic_ncols=True, unit="step") as bar:
+              dynamic_ncols=True, unit="step", mininterval=0.5) as bar:
         try:
             while step < cfg.steps:
                 lr = scheduler.get_last_lr()[0]
