@@ -213,17 +213,25 @@ def padding_share(loader: Iterable) -> float:
 
 
 # ---------------------------------------------------------------- predictions and scores
-@torch.inference_mode()
 def predict_proba(model: nn.Module, loader, device: str | torch.device | None = None) -> np.ndarray:
     """Class probabilities for every sentence of an evaluation loader (shuffle=False), in the split's order."""
+    def probabilities(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    return _over_batches(model, loader, probabilities, device)
+
+
+@torch.inference_mode()
+def _over_batches(model: nn.Module, loader, compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  device: str | torch.device | None = None) -> np.ndarray:
+    """`compute(input_ids, attention_mask)` on every batch in eval mode, rows back in the split's order."""
     device = pick_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chunks = []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        chunks.append(torch.softmax(model(**batch).logits.float(), -1).cpu())
-    model.train(was_training)
+    try:
+        chunks = [compute(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+                  for batch in loader]
+    finally:
+        model.train(was_training)
     return _in_split_order(torch.cat(chunks).numpy(), loader)
 
 
@@ -302,18 +310,11 @@ def fine_tune(model: nn.Module, train_part, validation_loader, tokenizer, settin
 
 
 # ---------------------------------------------------------------- frozen features and linear probes
-@torch.inference_mode()
 def features(model: SentenceClassifier, loader) -> np.ndarray:
     """The frozen encoder's sentence vectors (the model's pooling) for an evaluation loader, in order."""
     if getattr(loader, "order", None) is None:
         raise ValueError("features needs an evaluation loader: batches(part, tokenizer, shuffle=False)")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    chunks = [model.sentence_vectors(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
-              for batch in loader]
-    model.train(was_training)
-    return _in_split_order(torch.cat(chunks).numpy(), loader)
+    return _over_batches(model, loader, model.sentence_vectors)
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], valid_x: np.ndarray, valid_y: Sequence[int],
