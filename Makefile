@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install data lab test run-all bench clean
+.PHONY: help install data lab test run-all export bench clean
 
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
 	@echo "make test     create .venv if needed, install, run unit tests + every notebook (offline)"
 	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
+	@echo "make export   write each chapter's '#| export' cells to course/chNN_name.py (run-all does it too)"
 	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
 	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
 	@echo "make clean    delete .venv, the build-on-demand cache checkpoints/ and the data cache data/cache/"
@@ -49,7 +50,12 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 run-all: $(STAMP) data
+	$(BIN)/python tools/export.py
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+
+# Standard library only: runs before (or without) the install.
+export:
+	@$(PYTHON) tools/export.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_loop.py

@@ -1,4 +1,5 @@
-"""utils.engine (chapter 02): every gradient equals PyTorch's in float64, on randomly generated programs."""
+"""course.ch02_autograd (chapter 02's engine, written in its cells): every gradient equals PyTorch's in
+float64, on randomly generated programs."""
 import math
 import sys
 
@@ -8,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.engine import (MLP, Tensor, Value, cross_entropy, max_gradient_difference, random_expression,
-                          random_tensor_program, topological_order, unbroadcast)
+from course.ch02_autograd import (MLP, Tensor, Value, cross_entropy, max_gradient_difference, random_expression,
+                                  random_tensor_program, saved_for_backward, topological_order, unbroadcast)
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
@@ -114,3 +115,12 @@ def test_mlp_sgd_step_lowers_the_loss():
 def test_backward_starts_from_a_scalar():
     with pytest.raises(AssertionError, match="scalar"):
         Tensor(np.ones(3), requires_grad=True).tanh().backward()
+
+
+def test_saved_for_backward_counts_activations_not_weights():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4, requires_grad=True)
+    counted, out = saved_for_backward(lambda: torch.relu(layer(x)), exclude=layer.parameters())
+    assert counted == (5 * 4 + 5 * 3) * 4          # Linear keeps its input, ReLU its output (float32)
+    everything, _ = saved_for_backward(lambda: torch.relu(layer(x)))
+    assert everything > counted and out.shape == (5, 3)

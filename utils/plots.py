@@ -127,14 +127,30 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], ax=Non
     return fig
 
 
-def draw_graph(root, ax=None, *, title: str = "Computation graph", show_grad: bool = True):
-    """Draw the graph that produced `root` (a `utils.engine.Value`): inputs on the left, output on the right.
+def _parents_first(root) -> list:
+    """Every node `root` depends on, parents before children (for layout; small graphs only)."""
+    seen, order = {id(root): root}, [root]
+    for node in order:                                   # breadth-first collection, grows as it goes
+        for parent in node.parents:
+            if id(parent) not in seen:
+                seen[id(parent)] = parent
+                order.append(parent)
+    placed: dict[int, object] = {}
+    while len(placed) < len(order):                      # emit a node once all its parents are out
+        for node in order:
+            if id(node) not in placed and all(id(p) in placed for p in node.parents):
+                placed[id(node)] = node
+    return list(placed.values())
 
-    Pure matplotlib, no system graphviz. Each box shows the node's label or operation, its value and,
-    after `backward()`, its gradient; arrows follow the forward computation.
+
+def draw_graph(root, ax=None, *, title: str = "Computation graph", show_grad: bool = True):
+    """Draw the graph that produced `root` (chapter 02's `Value`): inputs on the left, output on the right.
+
+    Any node with `parents`, `data`, `grad`, `op` and `label` attributes works. Pure matplotlib, no system
+    graphviz. Each box shows the node's label or operation, its value and, after `backward()`, its
+    gradient; arrows follow the forward computation.
     """
-    from .engine import topological_order
-    nodes = topological_order(root)
+    nodes = _parents_first(root)
     column = {}
     for node in nodes:                                   # parents come first: longest path from an input
         column[id(node)] = 1 + max((column[id(p)] for p in node.parents), default=-1)
