@@ -162,15 +162,6 @@ def test_bad_sentiment_files_get_one_clear_error(tmp_path, content, message):
         data.load_sentiment(str(path))
 
 
-def test_wordpiece_training_is_deterministic():
-    lines = data.load_corpus("validation")[:1500]
-    first, second = data.train_wordpiece(lines, vocab_size=1500), data.train_wordpiece(lines, vocab_size=1500)
-    assert first.get_vocab() == second.get_vocab() and len(first) == 1500
-    assert [first.convert_ids_to_tokens(i) for i in range(5)] == list(data.SPECIAL_TOKENS)
-    encoded = first("The lobster is a species.")["input_ids"]
-    assert encoded[0] == first.cls_token_id and encoded[-1] == first.sep_token_id
-    assert first.decode(encoded, skip_special_tokens=True) == "the lobster is a species."
-
 
 def test_pretrained_model_offline_and_clear_errors(tmp_path):
     (tmp_path / "x").mkdir()

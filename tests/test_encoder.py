@@ -1,9 +1,9 @@
-"""utils.encoder (chapter 03): the from-scratch encoder equals transformers' BertLayer and BertModel."""
+"""course.ch03_model_anatomy (chapter 03): the from-scratch encoder equals transformers' BertLayer and BertModel."""
 import pytest
 import torch
 from transformers import BertModel
 
-from utils.encoder import Encoder, EncoderLayer, encoder_from_bert, load_bert_layer
+from course.ch03_model_anatomy import Encoder, EncoderLayer, encoder_from_bert, load_bert_layer
 from utils.models import bert_config
 
 

@@ -1,17 +1,18 @@
-"""utils.finetune (chapter 05): pooling, subsets, batching, scores, probes, the saved classifier and teacher."""
+"""course.ch05_fine_tuning (chapter 05's cells): pooling, subsets, batching, scores, probes, the saved classifier and teacher."""
 import datasets
 import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-import utils.finetune as finetune
+import course.ch05_fine_tuning as finetune
 from utils.checkpoint import CheckpointError
-from utils.data import load_corpus, train_wordpiece
-from utils.finetune import (ExperimentSettings, FinetuneSettings, LengthGroupedSampler, SentenceClassifier, batches,
-                            behaviour_table, confident_mistakes, experiment_for, features, fine_tune, linear_probe,
-                            load_classifier, nearest_words, predict, predict_proba, save_classifier, scores,
-                            subset, subset_indices, tokenize)
+from course.ch04_pretraining import train_wordpiece
+from utils.data import load_corpus
+from course.ch05_fine_tuning import (ExperimentSettings, FinetuneSettings, LengthGroupedSampler, SentenceClassifier,
+                                     batches, behaviour_table, confident_mistakes, experiment_for, features, fine_tune,
+                                     linear_probe, load_classifier, nearest_words, predict, predict_proba,
+                                     save_classifier, scores, subset, subset_indices, tokenize)
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +169,9 @@ def test_teacher_stores_a_given_run_and_reuses_it(tmp_path, monkeypatch, tokeniz
 
 def test_experiment_settings_and_bad_names():
     cpu = experiment_for("cpu")
-    assert cpu.budget(100, "random", 1, 1e-3) == FinetuneSettings(steps=cpu.small.steps, batch_size=cpu.small.batch_size,
+    assert cpu.budget(100, 1, 1e-3) == FinetuneSettings(steps=cpu.small.steps, batch_size=cpu.small.batch_size,
                                                                   evaluations=cpu.small.evaluations, lr=1e-3, seed=1)
-    assert cpu.budget(None, "MiniLM", 0, 1e-4).steps == cpu.full.steps
+    assert cpu.budget(None, 0, 1e-4).steps == cpu.full.steps
     assert cpu.seeds_for("MiniLM") == cpu.minilm_seeds and len(cpu.seeds_for("random")) >= 3
     assert len(experiment_for("gpu").seeds_for("MiniLM")) >= 3 and len(cpu.sizes) >= 3
     assert isinstance(cpu, ExperimentSettings)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import utils
-from utils import History, TrainConfig, evaluate_loss, lr_multiplier, seed_everything, train
+from utils import History, TrainConfig, evaluate_loss, evaluating, lr_multiplier, seed_everything, train
 from utils.checkpoint import CheckpointError
 from utils.loop import adamw_param_groups, batch_size, checkpoint_steps, forward, loss_of, to_device
 
@@ -312,3 +312,18 @@ def test_live_plot_and_progress_bar_outside_a_notebook(capsys):
     history = train(Classifier(), xor_data(64), steps=3, live_plot=True, progress=True, desc="demo")
     assert len(history.train) == 3
     assert "demo" in capsys.readouterr().err  # tqdm writes its text bar to stderr
+
+
+def test_evaluating_restores_the_previous_mode_even_when_the_block_fails():
+    model = nn.Dropout(0.5)
+    with evaluating(model):
+        assert not model.training
+    assert model.training
+    model.eval()
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("a failing batch")
+    assert not model.training
+    model.train()
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("a failing batch")
+    assert model.training

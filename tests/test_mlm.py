@@ -1,11 +1,12 @@
-"""utils.mlm (chapter 04): masking statistics, packing, the masked-only head, scores, the cached artifact."""
+"""course.ch04_pretraining (chapter 04's cells): masking statistics, packing, the masked-only head, scores, the cached artifact."""
 import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from utils.data import load_corpus, train_wordpiece
-from utils.mlm import (MaskedOnlyMLM, PretrainSettings, mask_tokens, masked_lm_scores, pack_blocks,
-                       pretrained_mini_bert, settings_for, special_mask, unigram_baseline)
+from course.ch04_pretraining import (SPECIAL_TOKENS, MaskedOnlyMLM, PretrainSettings, mask_tokens, masked_lm_scores,
+                                     new_model, pack_blocks, pretrain, pretrained_mini_bert, settings_for,
+                                     special_mask, train_wordpiece, training_folder, unigram_baseline)
+from utils.data import load_corpus
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,6 @@ def test_pack_blocks_wraps_every_block_and_wastes_nothing(tokenizer):
 def test_masked_only_head_gives_the_same_loss_as_the_full_head(tokenizer):
     torch.manual_seed(0)
     settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32)
-    from utils.mlm import new_model
     model = new_model(settings, tokenizer).eval()
     blocks = pack_blocks(load_corpus("validation")[:50], tokenizer, 32)[:8]
     inputs, labels = mask_tokens(blocks, special_mask(blocks, tokenizer), len(tokenizer), tokenizer.mask_token_id,
@@ -84,7 +84,6 @@ def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cac
 
 
 def test_pretraining_checkpoints_and_a_second_run_restores_instead_of_retraining(cache_dir, tokenizer):
-    from utils.mlm import pretrain, training_folder
     settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=4,
                                 validation_blocks=8, evaluations=2, in_domain=False)
     first = pretrain(settings, tokenizer, progress=False)
@@ -93,3 +92,13 @@ def test_pretraining_checkpoints_and_a_second_run_restores_instead_of_retraining
     assert second["history"].resumed_from == 4 and second["history"].losses == first["history"].losses
     for a, b in zip(first["model"].state_dict().values(), second["model"].state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_wordpiece_training_is_deterministic():
+    lines = load_corpus("validation")[:1500]
+    first, second = train_wordpiece(lines, vocab_size=1500), train_wordpiece(lines, vocab_size=1500)
+    assert first.get_vocab() == second.get_vocab() and len(first) == 1500
+    assert [first.convert_ids_to_tokens(i) for i in range(5)] == list(SPECIAL_TOKENS)
+    encoded = first("The lobster is a species.")["input_ids"]
+    assert encoded[0] == first.cls_token_id and encoded[-1] == first.sep_token_id
+    assert first.decode(encoded, skip_special_tokens=True) == "the lobster is a species."

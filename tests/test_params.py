@@ -1,17 +1,18 @@
-"""utils.params, utils.models, utils.lora (chapter 03): every formula equals the count, on every preset."""
+"""Chapter 03's formulas, counts, strategies and LoRA (course.ch03_model_anatomy) with utils.models' sizes:
+every formula equals the count, on every model size."""
 import pytest
 import torch
 from transformers import BertForMaskedLM, BertForSequenceClassification, BertModel
 
-from utils.lora import LoRALinear, add_lora, merge_lora
-from utils.models import PRESETS, bert_config, build_on_meta
-from utils.params import (STRATEGIES, apply_strategy, component_of, count_by_component, count_by_layer,
-                          count_parameters, layer_formula, parameter_formulas, trainable_formula)
+from course.ch03_model_anatomy import (STRATEGIES, LoRALinear, add_lora, apply_strategy, component_of,
+                                       count_by_component, count_by_layer, count_parameters, layer_formula,
+                                       merge_lora, parameter_formulas, trainable_formula)
+from utils.models import MODEL_SIZES, bert_config, build_on_meta
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_formulas_equal_counts_for_every_model_class(preset):
-    config = bert_config(preset)
+@pytest.mark.parametrize("size", MODEL_SIZES)
+def test_formulas_equal_counts_for_every_model_class(size):
+    config = bert_config(size)
     for model_class, options in [(BertModel, {}), (BertForMaskedLM, dict(pooler=False, mlm_head=True)),
                                  (BertForSequenceClassification, dict(num_labels=2))]:
         model = build_on_meta(config, model_class)
@@ -19,10 +20,10 @@ def test_formulas_equal_counts_for_every_model_class(preset):
     assert count_by_layer(build_on_meta(config)) == [layer_formula(config)] * config.num_hidden_layers
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("size", MODEL_SIZES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_trainable_counts_equal_formulas(preset, strategy):
-    config = bert_config(preset)
+def test_trainable_counts_equal_formulas(size, strategy):
+    config = bert_config(size)
     model = apply_strategy(build_on_meta(config, BertForSequenceClassification), strategy, k=2, r=8)
     assert count_parameters(model, trainable_only=True) == trainable_formula(config, strategy, k=2, r=8)
 
@@ -34,7 +35,7 @@ def test_published_sizes():
 
 
 def test_bad_inputs_say_what_to_do():
-    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+    with pytest.raises(ValueError, match="unknown model size 'huge'"):
         bert_config("huge")
     with pytest.raises(ValueError, match="not divisible"):
         bert_config("tiny", num_attention_heads=3)

@@ -3,7 +3,8 @@ import pytest
 
 import matplotlib
 
-from utils import History, LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history, what_we_measured
+from utils import (History, LivePlot, bar_chart, course_style, draw_graph, heatmap, markdown_table, plot_history,
+                   what_we_measured)
 from utils.plots import figure_png, smooth
 from utils.report import format_value
 
@@ -58,6 +59,14 @@ def test_what_we_measured_formats_and_returns_figures(capsys):
     assert format_value(0.000123456) == "0.0001235"
     with pytest.raises(ValueError, match="at least one figure"):
         what_we_measured({})
+
+
+def test_markdown_table_formats_cells_escapes_pipes_and_checks_row_length():
+    table = markdown_table(["arm", "accuracy", "ok"], [["(a) | random", 0.8123456, True]], title="Scores")
+    assert table.splitlines() == ["**Scores**", "", "| arm | accuracy | ok |", "| --- | --- | --- |",
+                                  "| (a) \\| random | 0.8123 | yes |"]
+    with pytest.raises(ValueError, match="every row needs 3 cells"):
+        markdown_table(["arm", "accuracy", "ok"], [["(a)", 0.8]])
 
 
 def test_course_style_restores_only_what_it_set():

@@ -7,7 +7,6 @@
   load_corpus(split)       WikiText-2 raw lines: "train", "validation" or "test"
   load_sentiment()         the course's binary sentiment set as a datasets.DatasetDict (train/validation/test)
   load_behaviour_set()     hand-written checks: negation, intensifiers, contrast, neutral facts
-  train_wordpiece(lines)   a WordPiece tokenizer trained from scratch, deterministic, as a transformers fast tokenizer
 
 `source=` switches a loader to the Hugging Face hub ("hub"), another hub id, or your own files
 (a CSV/JSON Lines file with `text` and `label` columns, or a folder in the hub's layout). Sources,
@@ -42,7 +41,6 @@ HUB = {"corpus": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
        "sentiment": ("cornell-movie-review-data/rotten_tomatoes", None),
        "model": ("sentence-transformers/all-MiniLM-L6-v2", None)}
 SPLITS = ("train", "validation", "test")
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 class DataError(ValueError):
@@ -334,50 +332,6 @@ def load_behaviour_set(path: str | Path = BEHAVIOUR_FILE) -> list[dict]:
 
 
 # ---- Tokenizer training (chapter 04)
-
-CONTINUATION = 0xF0000      # a Unicode private-use plane: "##c" is trained as the single character chr(CONTINUATION + ord(c))
-
-
-def train_wordpiece(lines: list[str], vocab_size: int = 8_000, min_frequency: int = 2, max_length: int = 128):
-    """A lowercasing WordPiece tokenizer trained on `lines`, as a transformers fast tokenizer. Deterministic.
-
-    `tokenizers`' WordPieceTrainer is not: it numbers the word-continuation pieces ("##e") in hash-map
-    order, and ties between equally frequent merges are then broken differently from run to run (two
-    trainings on WikiText-2 gave vocabularies differing in a dozen tokens). Its BPE trainer without a
-    continuation prefix *is* deterministic, and WordPiece training is exactly BPE training with "##"
-    pieces. So we spell every non-initial character of a word as its own private-use character, train
-    BPE, and turn those characters back into "##" pieces. Ids are then numbered canonically.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words = [[w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line))] for line in lines]
-    characters = {c for line in words for w in line for c in w}
-    usable = {c for c in characters if ord(c) < 0xFFFE}                  # the rare others stay unknown
-    table = {ord(c): CONTINUATION + ord(c) for c in usable}
-    spelled = [" ".join(w[0] + w[1:].translate(table) for w in line if set(w) <= usable) for line in words]
-    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    bpe.train_from_iterator(spelled, trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
-
-    def readable(token: str) -> str:
-        if token in SPECIAL_TOKENS:
-            return token
-        plain = "".join(chr(ord(c) - CONTINUATION) if ord(c) >= CONTINUATION else c for c in token)
-        return "##" + plain if ord(token[0]) >= CONTINUATION else plain
-
-    learned = sorted({readable(t) for t in bpe.get_vocab()} - set(SPECIAL_TOKENS))
-    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *learned])}, unk_token="[UNK]"))
-    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, splitter
-    tokenizer.decoder = decoders.WordPiece()
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -187,24 +187,31 @@ def batch_size(batch: Any) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) for a block; the model's previous mode comes back even if the block fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, data: Iterable, *, device: str | torch.device | None = None,
                   amp: bool = True) -> float:
     """Mean loss over `data`, weighted by batch size, in eval mode and without gradients."""
     device = pick_device(device)
     autocast = _autocast(device, amp_dtype(device) if amp else None)
-    was_training = model.training
-    model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    try:
+    with evaluating(model):
         for batch in data:
             n = batch_size(batch)
             with autocast():
                 loss = loss_of(forward(model, to_device(batch, device)))
             total += loss.double() * n
             count += n
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("eval_data yielded no batches: is the evaluation set empty?")
     return total.item() / count

@@ -1,9 +1,12 @@
 """Model sizes used in the course, as `transformers.BertConfig`s, and models built without memory.
 
-  bert_config("mini")           a BertConfig for one of PRESETS (overrides as keyword arguments)
+  bert_config("mini")           a BertConfig for one of MODEL_SIZES (overrides as keyword arguments)
   build_on_meta(config, cls)    the model's structure with no weights in memory (for counting)
+  load_pretrained(cls)          the course's real pretrained encoder (offline package, hub, or a folder)
+  quiet_libraries()             transformers and datasets without warnings or progress bars (notebooks)
 
-The presets: BERT-base and BERT-large (the published models, for reference), all-MiniLM-L6-v2's shape
+The sizes ("preset" means something else in this course: the "cpu" or "gpu" settings of utils.preset()):
+BERT-base and BERT-large (the published models, for reference), all-MiniLM-L6-v2's shape
 (the course's real pretrained model, chapter 05 on), and the course's own mini-BERTs, sized for a
 laptop CPU ("tiny", "mini") and a GPU ("small"). Their vocabulary is the course's WordPiece tokenizer
 (chapter 04) of 8,000 tokens.
@@ -16,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 COURSE_VOCAB = 8_000
-PRESETS: dict[str, dict[str, Any]] = {
+MODEL_SIZES: dict[str, dict[str, Any]] = {
     "bert-base":  dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                        vocab_size=30_522, max_position_embeddings=512),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -32,12 +35,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def bert_config(preset: str, **overrides):
-    """A `transformers.BertConfig` for `preset` (see PRESETS), with any field overridden."""
+def bert_config(size: str, **overrides):
+    """A `transformers.BertConfig` for the model size `size` (see MODEL_SIZES), with any field overridden."""
     from transformers import BertConfig
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS[preset], **overrides}
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    settings = {**MODEL_SIZES[size], **overrides}
     if settings["hidden_size"] % settings["num_attention_heads"]:
         raise ValueError(f"hidden_size {settings['hidden_size']} is not divisible by "
                          f"num_attention_heads {settings['num_attention_heads']}")
@@ -73,14 +76,27 @@ def pretrained_source(source: str | None = None) -> str:
     return source
 
 
+def _silence_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def quiet_libraries() -> None:
+    """For the rest of this Python session, transformers and datasets print errors only and no progress
+    bars of their own (the course's loop shows its own). Notebooks call it once, after their imports."""
+    import datasets
+    _silence_transformers()
+    datasets.disable_progress_bars()
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' warnings and progress bars for a block ("newly initialized: classifier" is
     expected for a new head, and a "Loading weights" bar in every notebook output is noise)."""
     from transformers.utils import logging as hf_logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    _silence_transformers()
     try:
         yield
     finally:

@@ -1,11 +1,12 @@
-"""The "What we measured" table that ends every chapter.
+"""Tables in notebooks, and the "What we measured" table that ends every chapter.
 
-`what_we_measured({...})` shows the figures as a table and tags the output so that
-`make run-all` can print each chapter's headline figures next to its run time.
+`show_table(header, rows)` displays a Markdown table. `what_we_measured({...})` shows the chapter's
+figures as one and tags the output so that `make run-all` can print each chapter's headline figures
+next to its run time.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 METADATA_KEY = "from_zero"
@@ -25,10 +26,27 @@ def what_we_measured(figures: Mapping[str, Any], title: str = "What we measured"
     if not figures:
         raise ValueError("what_we_measured needs at least one figure")
     rows = {str(name): format_value(value) for name, value in figures.items()}
-    table = "\n".join([f"**{title}**", "", "| figure | value |", "| --- | --- |",
-                       *(f"| {name} | {value} |" for name, value in rows.items())])
-    _display_markdown(table, metadata={METADATA_KEY: {"measured": rows}})
+    show_table(["figure", "value"], rows.items(), title=title, metadata={METADATA_KEY: {"measured": rows}})
     return rows
+
+
+def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], title: str | None = None) -> str:
+    """A Markdown table (cells through `format_value`; "|" inside a cell escaped), with an optional bold title."""
+    def line(cells):
+        return "| " + " | ".join(format_value(c).replace("|", "\\|") for c in cells) + " |"
+    rows = [list(r) for r in rows]
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row needs {len(header)} cells, like the header {list(header)}")
+    lines = [line(header), "|" + " --- |" * len(header), *map(line, rows)]
+    return "\n".join(([f"**{title}**", ""] if title else []) + lines)
+
+
+def show_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], title: str | None = None,
+               metadata: dict | None = None) -> str:
+    """Display `markdown_table(header, rows, title)` in a notebook (print it elsewhere); returns the Markdown."""
+    table = markdown_table(header, rows, title)
+    _display_markdown(table, metadata=metadata)
+    return table
 
 
 def _display_markdown(text: str, metadata: dict | None = None) -> None:

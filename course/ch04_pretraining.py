@@ -1,36 +1,29 @@
-"""Masked language modelling: chapter 04's pretraining, and the artifact later chapters build on demand.
+# generated from chapters/04_pretraining.ipynb: edit the notebook, then run make export
+"""04 · Pretraining a mini-BERT with masked language modelling (预训练 MLM)"""
 
-  mask_tokens(ids, ...)        BERT's 15% masking with the 80/10/10 rule, written out
-  pack_blocks(lines, ...)      tokenize and pack text into fixed-length blocks ([CLS] … [SEP])
-  MaskedOnlyMLM(model)         BertForMaskedLM whose output layer runs only at the masked positions
-  masked_lm_scores(...)        loss, masked-token accuracy and perplexity on a fixed, pre-masked set
-  pretrain(settings)           the whole chapter 04 recipe: tokenizer, blocks, model, training
-  pretrained_mini_bert()       the saved result (save_pretrained folder), built on demand and cached
 
-The notebook and `pretrained_mini_bert()` call the same `pretrain`, so a chapter opened first gets
-exactly the model chapter 04 trains.
-"""
-from __future__ import annotations
-
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import models as tokenizer_models
 from torch import nn
+from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
-from .artifacts import cache_root, get_or_build
-from .data import load_corpus, load_sentiment, train_wordpiece
-from .hardware import preset as device_preset
-from .loop import History, train
-from .models import bert_config
-from .seeding import seed_everything
+from utils import History, cache_root, evaluating, get_or_build, seed_everything, train
+from utils.data import load_corpus, load_sentiment
+from utils.hardware import preset as device_preset
+from utils.models import bert_config
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    model: str = "tiny"             # a utils.models preset
+    model: str = "tiny"             # a model size of utils.models (chapter 03's bert_config)
     vocab_size: int = 8_000
     block_size: int = 64            # tokens per training example, [CLS] and [SEP] included
     batch_size: int = 64
@@ -56,6 +49,57 @@ def settings_for(preset: str | None = None, **overrides) -> PretrainSettings:
     return replace(SETTINGS[preset], **overrides)
 
 
+def corpus(settings: PretrainSettings) -> list[str]:
+    """WikiText-2 train, plus (in_domain) the sentiment training sentences without their labels."""
+    lines = load_corpus("train")
+    if settings.in_domain:
+        lines = lines + list(load_sentiment()["train"]["text"])
+    return lines
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CONTINUATION = 0xF0000      # a private-use plane: "##c" is trained as the single character chr(CONTINUATION + ord(c))
+
+
+def continuation_bpe(lines: list[str], vocab_size: int, min_frequency: int, normalizer, splitter) -> Tokenizer:
+    """BPE trained on the words of `lines`, each non-initial character spelled as a continuation character."""
+    words = [[w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line))] for line in lines]
+    characters = {c for line in words for w in line for c in w}
+    usable = {c for c in characters if ord(c) < 0xFFFE}                  # the rare others stay unknown
+    table = {ord(c): CONTINUATION + ord(c) for c in usable}
+    spelled = [" ".join(w[0] + w[1:].translate(table) for w in line if set(w) <= usable) for line in words]
+    bpe = Tokenizer(tokenizer_models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.train_from_iterator(spelled, trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    return bpe
+
+
+def readable(token: str) -> str:
+    """A BPE token in WordPiece spelling: continuation characters back to plain ones, behind "##"."""
+    if token in SPECIAL_TOKENS:
+        return token
+    plain = "".join(chr(ord(c) - CONTINUATION) if ord(c) >= CONTINUATION else c for c in token)
+    return "##" + plain if ord(token[0]) >= CONTINUATION else plain
+
+
+def train_wordpiece(lines: list[str], vocab_size: int = 8_000, min_frequency: int = 2, max_length: int = 128):
+    """A lowercasing WordPiece tokenizer trained on `lines`, as a transformers fast tokenizer. Deterministic:
+    the vocabulary comes from `continuation_bpe`, and ids are numbered canonically (specials, then sorted)."""
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    bpe = continuation_bpe(lines, vocab_size, min_frequency, normalizer, splitter)
+    learned = sorted({readable(t) for t in bpe.get_vocab()} - set(SPECIAL_TOKENS))
+    vocabulary = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *learned])}
+    tokenizer = Tokenizer(tokenizer_models.WordPiece(vocabulary, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, splitter
+    tokenizer.decoder = decoders.WordPiece()
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+
+
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, vocab_size: int, mask_id: int,
                 probability: float = 0.15, first_normal_id: int = 0,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +118,16 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, vocab_size: int,
     return inputs, labels
 
 
+def special_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:
+    return torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
+
+
+def mask_with(tokenizer, blocks: torch.Tensor, specials: torch.Tensor, probability: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask_tokens(blocks, specials, len(tokenizer), tokenizer.mask_token_id, probability,
+                       first_normal_id=len(tokenizer.all_special_ids), generator=generator)
+
+
 def pack_blocks(lines: list[str], tokenizer, block_size: int) -> torch.Tensor:
     """Tokenize every line, join them with [SEP], and cut the stream into [CLS] + (block_size − 2) + [SEP]
     blocks, so that no position is wasted on padding. The incomplete last block is dropped."""
@@ -89,16 +143,8 @@ def pack_blocks(lines: list[str], tokenizer, block_size: int) -> torch.Tensor:
     return torch.cat([cls, blocks, sep], dim=1)
 
 
-def special_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:
-    return torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
-
-
 class MaskedOnlyMLM(nn.Module):
-    """A BertForMaskedLM whose vocabulary-sized output layer runs only where labels != -100.
-
-    Only ~15% of positions are masked, and the output layer (hidden × vocabulary) is the most
-    expensive part of a small model, so skipping the other 85% saves most of the compute.
-    """
+    """A BertForMaskedLM whose vocabulary-sized output layer runs only where labels != -100."""
 
     def __init__(self, model):
         super().__init__()
@@ -111,53 +157,10 @@ class MaskedOnlyMLM(nn.Module):
         return nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
-@torch.no_grad()
-def masked_lm_scores(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
-    """Mean loss, masked-token accuracy and perplexity (e^loss) over the masked positions of a fixed set."""
-    base = model.model if isinstance(model, MaskedOnlyMLM) else model
-    was_training = base.training
-    base.eval()
-    device = next(base.parameters()).device
-    total_loss, correct, count = 0.0, 0, 0
-    for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
-        keep = y != -100
-        logits = base.cls(base.bert(x).last_hidden_state[keep]).float()
-        total_loss += nn.functional.cross_entropy(logits, y[keep], reduction="sum").item()
-        correct += (logits.argmax(-1) == y[keep]).sum().item()
-        count += keep.sum().item()
-    base.train(was_training)
-    loss = total_loss / count
-    return {"loss": loss, "accuracy": correct / count, "perplexity": math.exp(loss)}
-
-
-def unigram_baseline(train_blocks: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                     special_ids=()) -> dict[str, float]:
-    """A model that ignores context: predicts each token's training frequency. Its accuracy is that of
-    always guessing the most frequent token; its perplexity is e^(cross-entropy of the frequencies).
-    Special tokens ([CLS], [SEP], …) are never masked, so they are left out of the counts."""
-    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size).double() + 1     # add-one smoothing
-    counts[list(special_ids)] = 0
-    log_p = (counts / counts.sum()).log()
-    targets = labels[labels != -100]
-    return {"accuracy": (targets == counts.argmax()).double().mean().item(),
-            "perplexity": math.exp(-log_p[targets].mean().item())}
-
-
-def corpus(settings: PretrainSettings) -> list[str]:
-    """WikiText-2 train, plus (in_domain) the sentiment training sentences without their labels."""
-    lines = load_corpus("train")
-    if settings.in_domain:
-        lines = lines + list(load_sentiment()["train"]["text"])
-    return lines
-
-
-def mask_with(tokenizer, blocks: torch.Tensor, specials: torch.Tensor, probability: float,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mask_tokens` with the vocabulary, [MASK] id and special-token range of one of our tokenizers
-    (`train_wordpiece` numbers the special tokens first, so random replacements start after them)."""
-    return mask_tokens(blocks, specials, len(tokenizer), tokenizer.mask_token_id, probability,
-                       first_normal_id=len(tokenizer.all_special_ids), generator=generator)
+def new_model(settings: PretrainSettings, tokenizer) -> BertForMaskedLM:
+    config = bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings))
+    return BertForMaskedLM(config)
 
 
 def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, generator: torch.Generator):
@@ -179,28 +182,33 @@ def fixed_masked_set(lines: list[str], tokenizer, settings: PretrainSettings, se
                      generator=torch.Generator().manual_seed(seed))
 
 
-def new_model(settings: PretrainSettings, tokenizer):
-    from transformers import BertForMaskedLM
-    config = bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings))
-    return BertForMaskedLM(config)
+@torch.no_grad()
+def masked_lm_scores(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
+    """Mean loss, masked-token accuracy and perplexity (e^loss) over the masked positions of a fixed set."""
+    base = model.model if isinstance(model, MaskedOnlyMLM) else model
+    device = next(base.parameters()).device
+    total_loss, correct, count = 0.0, 0, 0
+    with evaluating(base):
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            keep = y != -100
+            logits = base.cls(base.bert(x).last_hidden_state[keep]).float()
+            total_loss += nn.functional.cross_entropy(logits, y[keep], reduction="sum").item()
+            correct += (logits.argmax(-1) == y[keep]).sum().item()
+            count += keep.sum().item()
+    loss = total_loss / count
+    return {"loss": loss, "accuracy": correct / count, "perplexity": math.exp(loss)}
 
 
 def training_folder(settings: PretrainSettings) -> Path:
     """Where `pretrain` keeps its training checkpoints: one folder per recipe, under the artifact cache."""
-    import hashlib
     digest = hashlib.sha256(repr(sorted(asdict(settings).items())).encode()).hexdigest()[:10]
     return cache_root() / "training" / f"mlm-{settings.model}-{digest}"
 
 
 def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **train_options: Any) -> dict[str, Any]:
-    """Chapter 04 from start to end: tokenizer (unless given), blocks, a fresh mini-BERT, MLM training.
-
-    Returns {"model" (BertForMaskedLM), "tokenizer", "history", "validation" (inputs, labels)}.
-    `train_options` go to utils.train (progress, live_plot, device, …); the recipe is in `settings`.
-    Checkpoints go to `training_folder(settings)` (pass checkpoint_dir=None to turn them off): an
-    interrupted run continues where it stopped, a finished one is restored instead of trained again.
-    """
+    """Returns {"model" (BertForMaskedLM), "tokenizer", "history", "validation" (inputs, labels), "blocks"}.
+    `train_options` go to utils.train (progress, live_plot, device, checkpoint_dir=None to turn checkpoints off)."""
     train_options.setdefault("checkpoint_dir", training_folder(settings))
     text = corpus(settings)
     if tokenizer is None:
@@ -218,9 +226,21 @@ def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **trai
     return {"model": model, "tokenizer": tokenizer, "history": history, "validation": validation, "blocks": blocks}
 
 
+def unigram_baseline(train_blocks: torch.Tensor, labels: torch.Tensor, vocab_size: int,
+                     special_ids=()) -> dict[str, float]:
+    """A model that ignores context: predicts each token's training frequency. Its accuracy is that of
+    always guessing the most frequent token; its perplexity is e^(cross-entropy of the frequencies).
+    Special tokens ([CLS], [SEP], …) are never masked, so they are left out of the counts."""
+    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size).double() + 1     # add-one smoothing
+    counts[list(special_ids)] = 0
+    log_p = (counts / counts.sum()).log()
+    targets = labels[labels != -100]
+    return {"accuracy": (targets == counts.argmax()).double().mean().item(),
+            "perplexity": math.exp(-log_p[targets].mean().item())}
+
+
 def save_pretrained_mlm(result: dict[str, Any], folder: Path, settings: PretrainSettings) -> None:
     """Write the model (safetensors), the tokenizer and the recipe into `folder`."""
-    import json
     result["model"].save_pretrained(folder)
     result["tokenizer"].save_pretrained(folder)
     history: History = result["history"]
@@ -229,20 +249,15 @@ def save_pretrained_mlm(result: dict[str, Any], folder: Path, settings: Pretrain
          "final validation": {k: v for k, v in history.eval[-1].items() if k != "step"}}, indent=1))
 
 
-def artifact_name(settings: PretrainSettings) -> str:
-    return f"mini-bert-mlm-{settings.model}-{settings.steps}"
-
-
 def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: bool = False,
                          result: dict[str, Any] | None = None, **train_options: Any) -> Path:
-    """The folder of chapter 04's pretrained mini-BERT (model + tokenizer), trained now if not cached.
-
-    result: a `pretrain` result to store as the artifact instead of training again (chapter 04 does this).
-    """
+    """The folder of this chapter's pretrained mini-BERT (model + tokenizer), trained now if not cached.
+    result: a `pretrain` result to store as the artifact instead of training again (this chapter does that)."""
     settings = settings or settings_for()
 
     def build(folder: Path) -> None:
         trained = result if result is not None else pretrain(settings, **{"progress": True, **train_options})
         save_pretrained_mlm(trained, folder, settings)
     version = "1:" + ",".join(f"{k}={v}" for k, v in asdict(settings).items())
-    return get_or_build(artifact_name(settings), build, version=version, rebuild=rebuild or result is not None)
+    return get_or_build(f"mini-bert-mlm-{settings.model}-{settings.steps}", build, version=version,
+                        rebuild=rebuild or result is not None)
