@@ -3,8 +3,8 @@ import pytest
 
 import matplotlib
 
-from utils import (History, LivePlot, bar_chart, course_style, draw_graph, heatmap, markdown_table, plot_history,
-                   what_we_measured)
+from utils import (History, LivePlot, bar_chart, compare_gradients, course_style, draw_graph, heatmap, markdown_table,
+                   plot_history, what_we_measured)
 from utils.plots import figure_png, smooth
 from utils.report import format_value
 
@@ -67,6 +67,16 @@ def test_markdown_table_formats_cells_escapes_pipes_and_checks_row_length():
                                   "| (a) \\| random | 0.8123 | yes |"]
     with pytest.raises(ValueError, match="every row needs 3 cells"):
         markdown_table(["arm", "accuracy", "ok"], [["(a)", 0.8]])
+
+
+def test_compare_gradients_returns_the_largest_gap_and_rejects_other_shapes(monkeypatch):
+    shown = []
+    monkeypatch.setattr("utils.report._display_markdown", lambda text, metadata=None: shown.append(text))
+    ours, reference = np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-11])
+    assert compare_gradients({"w": (ours, reference)}) == pytest.approx(1e-11, rel=1e-3)
+    assert "| w | (2,) | no | yes | 1.0e-11 |" in shown[0]
+    with pytest.raises(ValueError, match="shape"):
+        compare_gradients({"w": (ours, np.zeros(3))})
 
 
 def test_course_style_restores_only_what_it_set():

@@ -11,7 +11,7 @@ Where the code lives:
   utils.data        fetch, load_corpus, load_sentiment, load_behaviour_set   (offline data, chapter 04 on)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
-  utils.report      show_table, what_we_measured, compare_gradients, show_source (tables, gradient checks)
+  utils.report      show_table, what_we_measured, compare_gradients  (tables, gradient checks)
 
 Importing this package has no side effects: nothing is seeded, no global setting is changed.
 """
@@ -22,12 +22,12 @@ from .hardware import amp_dtype, describe, needs_grad_scaler, pick_device, prese
 from .loop import History, TrainConfig, evaluate_loss, evaluating, lr_multiplier, train
 from .models import quiet_libraries
 from .plots import LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history
-from .report import compare_gradients, markdown_table, show_source, show_table, what_we_measured
+from .report import compare_gradients, markdown_table, show_table, what_we_measured
 from .seeding import seed_everything, seed_worker, set_deterministic
 
 __all__ = [
     "CheckpointError", "History", "LivePlot", "TrainConfig", "add_to_class", "amp_dtype", "bar_chart", "cache_root", "compare_gradients",
     "course_style", "describe", "draw_graph", "evaluate_loss", "evaluating", "get_or_build", "heatmap", "load_module", "load_state",
     "lr_multiplier", "markdown_table", "needs_grad_scaler", "pick_device", "plot_history", "preset", "quiet_libraries", "save_module",
-    "save_state", "seed_everything", "seed_worker", "set_deterministic", "show_source", "show_table", "train", "what_we_measured",
+    "save_state", "seed_everything", "seed_worker", "set_deterministic", "show_table", "train", "what_we_measured",
 ]

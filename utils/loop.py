@@ -2,9 +2,12 @@
 
 `train(model, train_data, steps=...)` trains any `nn.Module` whose forward returns a loss (a
 scalar tensor, or an output with `.loss` such as a `transformers` model given `labels`), and
-returns a `History`. It handles the device and mixed precision, gradient accumulation and
-clipping, a warmup + decay schedule, periodic evaluation, early stopping, checkpoints with exact
-resume, a progress bar and a live plot. Read it once: every chapter's training goes through here.
+returns a `History`. It is chapter 00's bare loop (forward, backward, clip, step, zero_grad,
+schedule) plus the device and mixed precision, gradient accumulation, periodic evaluation, early
+stopping, checkpoints with exact resume, a progress bar and a live plot. Read it in its parts:
+`_optimizer_step` (one step), `_evaluate` and `_Run.record_eval` (an evaluation and the best one so
+far), `_Run.state`/`resume` with `_write_checkpoint`/`_read_checkpoint` (checkpoints), and `_loop`,
+which calls them in order.
 """
 from __future__ import annotations
 
@@ -34,7 +37,14 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # ---------------------------------------------------------------- configuration and history
 @dataclass
 class TrainConfig:
-    """Everything `train` needs besides the model and the data; checked before any work starts."""
+    """Everything `train` needs besides the model and the data; checked before any work starts.
+
+    Some options are set by no chapter yet, on purpose: `grad_accum` (the README's answer to "CUDA out
+    of memory": a smaller batch with the same effective batch), `resume=False` (what the error about a
+    checkpoint written with other settings asks for), `keep` (disk used by checkpoints), `min_delta`
+    (early stopping that ignores tiny gains), `log_every` (how often losses are read back: on a GPU
+    every read waits for the device), `schedule="cosine"` and `amp=False` (to compare with float32).
+    """
     steps: int                          # optimizer steps (one step = grad_accum batches)
     lr: float = 1e-3
     weight_decay: float = 0.01          # AdamW; never applied to biases and LayerNorm weights
@@ -347,6 +357,126 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dic
     return state
 
 
+# ---------------------------------------------------------------- the parts of a run
+@dataclass
+class _Run:
+    """Everything a run carries from step to step besides the model: what a checkpoint saves."""
+    cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    batches: _Batches
+    history: History = field(default_factory=History)
+    stale: int = 0                              # evaluations without improvement
+    best_weights: dict | None = None            # weights at the best evaluation (restore_best)
+
+    @classmethod
+    def start(cls, model: nn.Module, train_data: Iterable, cfg: TrainConfig, optimizer: torch.optim.Optimizer | None,
+              device: torch.device, dtype: torch.dtype | None) -> "_Run":
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        warmup = cfg.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, steps=cfg.steps, warmup_steps=warmup, schedule=cfg.schedule))
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
+        return cls(cfg, optimizer, scheduler, scaler, _Batches(train_data, "train_data"))
+
+    def state(self, train_data: Iterable) -> dict[str, Any]:
+        return {"config": self.cfg.fingerprint(), "history": self.history.to_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "data": self.batches.state(), "rng": _rng_state(train_data),
+                "stale": self.stale, "best_weights": self.best_weights}
+
+    def resume(self, state: Mapping[str, Any], train_data: Iterable) -> None:
+        """Continue from a checkpoint's state (the model's weights are already loaded)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = History.from_dict(state["history"])
+        self.history.resumed_from = self.history.steps_done
+        self.stale, self.best_weights = state["stale"], state["best_weights"]
+        self.batches.restore(state["data"])
+        _set_rng_state(state["rng"], train_data)
+
+    def record_eval(self, row: dict[str, float], model: nn.Module) -> bool:
+        """Add an evaluation, keep track of the best one; True when early stopping says stop."""
+        cfg, history = self.cfg, self.history
+        history.eval.append(row)
+        if cfg.monitor not in row:
+            raise KeyError(f"monitor={cfg.monitor!r} is not among the evaluated values {sorted(row)}")
+        value = row[cfg.monitor]
+        sign = 1.0 if cfg.mode == "min" else -1.0
+        if history.best_value is None or sign * (history.best_value - value) > cfg.min_delta:
+            history.best_step, history.best_value, self.stale = row["step"], value, 0
+            if cfg.restore_best:
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+        return cfg.patience is not None and self.stale >= cfg.patience
+
+
+def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], device: torch.device,
+                    autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, float, Any]:
+    """One optimizer step: `grad_accum` forward and backward passes, clipping, the update, the schedule.
+    Returns (mean loss, still on the device; the step's learning rate; the gradient norm or None)."""
+    cfg = run.cfg
+    lr = run.scheduler.get_last_lr()[0]
+    total = torch.zeros((), device=device)
+    for _ in range(cfg.grad_accum):
+        batch = to_device(run.batches.next(), device)
+        with autocast():
+            loss = loss_of(forward(model, batch))
+        run.scaler.scale(loss / cfg.grad_accum).backward()
+        total += loss.detach().float()
+    grad_norm = None
+    if cfg.clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return total / cfg.grad_accum, lr, grad_norm
+
+
+def _evaluate(model: nn.Module, step: int, eval_data: Iterable | None, metrics: Callable | None,
+              device: torch.device, amp: bool) -> dict[str, float]:
+    """One evaluation row: the loss on `eval_data` and the `metrics`, in eval mode."""
+    row: dict[str, float] = {"step": step}
+    if eval_data is not None:
+        row["eval_loss"] = evaluate_loss(model, eval_data, device=device, amp=amp)
+    if metrics is not None:
+        with evaluating(model), torch.no_grad():
+            row.update({k: float(v) for k, v in metrics(model).items()})
+    return row
+
+
+class _LossLog:
+    """Losses stay on the device until `flush` reads them back in one go: reading every step would
+    make the CPU wait for the GPU at every step."""
+
+    def __init__(self, history: History, bar: Any, cfg: TrainConfig):
+        self.history, self.bar, self.cfg = history, bar, cfg
+        self.pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []
+
+    def add(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None) -> None:
+        self.pending.append((step, loss, lr, grad_norm))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([p[1] for p in self.pending]).tolist()
+        norms = ([None] * len(self.pending) if self.cfg.clip is None
+                 else torch.stack([p[3] for p in self.pending]).float().tolist())
+        for (step, _, lr, _), loss, norm in zip(self.pending, values, norms):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} at step {step}: lower lr (now {self.cfg.lr}), "
+                                         f"add warmup, or keep clip on")
+            self.history.train.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm})
+        self.pending.clear()
+        self.bar.set_postfix(loss=f"{self.history.train[-1]['loss']:.4f}", refresh=False)
+
+
 # ---------------------------------------------------------------- the loop
 def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None = None,
           metrics: Callable[[nn.Module], Mapping[str, float]] | None = None,
@@ -367,131 +497,60 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
         raise ValueError("patience (early stopping) needs eval_data or metrics to watch")
     device = pick_device(cfg.device)
     dtype = amp_dtype(device) if cfg.amp else None
-    autocast = _autocast(device, dtype)
     model.to(device).train()
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    warmup = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, steps=cfg.steps, warmup_steps=warmup, schedule=cfg.schedule))
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    batches = _Batches(train_data, "train_data")
-    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
-    watching = eval_data is not None or metrics is not None
+    run = _Run.start(model, train_data, cfg, optimizer, device, dtype)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
-    ckpt_every = cfg.checkpoint_every or (eval_every if watching else max(1, cfg.steps // 10))
-    history = History()
-    stale, best_weights = 0, None  # evaluations without improvement; weights at the best one
-
-    def trainer_state() -> dict[str, Any]:
-        return {"config": cfg.fingerprint(), "history": history.to_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "data": batches.state(), "rng": _rng_state(train_data),
-                "stale": stale, "best_weights": best_weights}
-
     state = _read_checkpoint(ckpt_dir, cfg, model) if ckpt_dir is not None and cfg.resume else None
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history = History.from_dict(state["history"])
-        history.resumed_from = history.steps_done
-        stale, best_weights = state["stale"], state["best_weights"]
-        batches.restore(state["data"])
-        _set_rng_state(state["rng"], train_data)
+        run.resume(state, train_data)
+    if run.history.steps_done < cfg.steps and not run.history.stopped_early:
+        _loop(model, run, train_data, eval_data, metrics, callbacks, device, dtype, ckpt_dir)
+    if cfg.restore_best and run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
+    return run.history
 
-    step = history.steps_done
-    if step >= cfg.steps or history.stopped_early:
-        return _finish(model, history, best_weights, cfg)
 
+def _loop(model: nn.Module, run: _Run, train_data: Iterable, eval_data: Iterable | None,
+          metrics: Callable | None, callbacks: Sequence[Callable[[int, History], Any]],
+          device: torch.device, dtype: torch.dtype | None, ckpt_dir: Path | None) -> None:
+    """Optimizer steps until `cfg.steps`, with the evaluations, callbacks, checkpoints and plots due."""
     from tqdm.auto import tqdm
     from .plots import LivePlot
+    cfg, history = run.cfg, run.history
+    autocast = _autocast(device, dtype)
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
+    watching = eval_data is not None or metrics is not None
+    ckpt_every = cfg.checkpoint_every or (eval_every if watching else max(1, cfg.steps // 10))
     plot = LivePlot(title=cfg.desc) if cfg.live_plot else None
-    pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []
-
-    def flush() -> None:  # read losses back from the device in one go, not every step
-        if not pending:
-            return
-        values = torch.stack([p[1] for p in pending]).tolist()
-        norms = ([None] * len(pending) if cfg.clip is None
-                 else torch.stack([p[3] for p in pending]).float().tolist())
-        for (s, _, lr, _), loss, norm in zip(pending, values, norms):
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at step {s}: lower lr (now {cfg.lr}), "
-                                         f"add warmup, or keep clip on")
-            history.train.append({"step": s, "loss": loss, "lr": lr, "grad_norm": norm})
-        pending.clear()
-        bar.set_postfix(loss=f"{history.train[-1]['loss']:.4f}", refresh=False)
-
-    def run_eval() -> bool:  # returns True when early stopping says stop
-        nonlocal stale, best_weights
-        row: dict[str, float] = {"step": step}
-        if eval_data is not None:
-            row["eval_loss"] = evaluate_loss(model, eval_data, device=device, amp=cfg.amp)
-        if metrics is not None:
-            model.eval()
-            with torch.no_grad():
-                row.update({k: float(v) for k, v in metrics(model).items()})
-            model.train()
-        history.eval.append(row)
-        if cfg.monitor not in row:
-            raise KeyError(f"monitor={cfg.monitor!r} is not among the evaluated values {sorted(row)}")
-        value = row[cfg.monitor]
-        sign = 1.0 if cfg.mode == "min" else -1.0
-        if history.best_value is None or sign * (history.best_value - value) > cfg.min_delta:
-            history.best_step, history.best_value, stale = step, value, 0
-            if cfg.restore_best:
-                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        return cfg.patience is not None and stale >= cfg.patience
-
-    started = time.perf_counter()
+    step, started = history.steps_done, time.perf_counter()
     # mininterval: a notebook bar sends a kernel message per redraw; twice a second is live enough
     with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress,
               dynamic_ncols=True, unit="step", mininterval=0.5) as bar:
+        log = _LossLog(history, bar, cfg)
         try:
             while step < cfg.steps:
-                lr = scheduler.get_last_lr()[0]
-                total = torch.zeros((), device=device)
-                for _ in range(cfg.grad_accum):
-                    batch = to_device(batches.next(), device)
-                    with autocast():
-                        loss = loss_of(forward(model, batch))
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                    total += loss.detach().float()
-                grad_norm = None
-                if cfg.clip is not None:
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 step += 1
-                pending.append((step, total / cfg.grad_accum, lr, grad_norm))
+                log.add(step, *_optimizer_step(model, run, params, device, autocast))
                 bar.update(1)
-                stop = False
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    flush()
-                if watching and (step % eval_every == 0 or step == cfg.steps):
-                    flush()
-                    stop = run_eval()
-                    history.stopped_early = stop
+                evaluate = watching and (step % eval_every == 0 or step == cfg.steps)
+                if step % cfg.log_every == 0 or step == cfg.steps or evaluate:
+                    log.flush()
+                stop = evaluate and run.record_eval(_evaluate(model, step, eval_data, metrics, device, cfg.amp), model)
+                history.stopped_early = stop
                 if any(cb(step, history) for cb in callbacks):
-                    flush()
+                    log.flush()
                     stop = True
                 if ckpt_dir is not None and (step % ckpt_every == 0 or step == cfg.steps or stop):
-                    flush()
+                    log.flush()
                     history.elapsed_s += time.perf_counter() - started
                     started = time.perf_counter()
-                    _write_checkpoint(ckpt_dir, step, model, trainer_state(), cfg.keep)
-                if plot is not None and not pending:
+                    _write_checkpoint(ckpt_dir, step, model, run.state(train_data), cfg.keep)
+                if plot is not None and not log.pending:
                     plot.update(history)
                 if stop:
                     break
-            flush()
+            log.flush()
         except KeyboardInterrupt:
             saved = checkpoint_steps(ckpt_dir) if ckpt_dir is not None else []
             where = f"; run again to resume from step {saved[-1]}" if saved else ""
@@ -500,11 +559,3 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     history.elapsed_s += time.perf_counter() - started
     if plot is not None:
         plot.update(history, force=True)
-    return _finish(model, history, best_weights, cfg)
-
-
-def _finish(model: nn.Module, history: History, best_weights: dict | None, cfg: TrainConfig) -> History:
-    if cfg.restore_best and best_weights is not None:
-        model.load_state_dict(best_weights)
-    return history
-

@@ -77,17 +77,7 @@ def compare_gradients(pairs: Mapping[str, tuple[Any, Any]], *, rtol: float = 1e-
             raise ValueError(f"{name}: our gradient has shape {a.shape}, the reference {b.shape}")
         gap = float(np.abs(a - b).max()) if a.size else 0.0
         worst = max(worst, gap)
-        rows.append(f"| {name} | {a.shape} | {format_value(bool(np.array_equal(a, b)))} "
-                    f"| {format_value(bool(np.allclose(a, b, rtol=rtol, atol=atol)))} | {gap:.1e} |")
-    _display_markdown("\n".join(["| gradient | shape | exact | allclose | max difference |",
-                                 "| --- | --- | --- | --- | --- |", *rows]))
+        rows.append([name, a.shape, bool(np.array_equal(a, b)), bool(np.allclose(a, b, rtol=rtol, atol=atol)),
+                     f"{gap:.1e}"])
+    show_table(["gradient", "shape", "exact", "allclose", "max difference"], rows)
     return worst
-
-
-def show_source(obj: Any) -> None:
-    """Show the source code of a function or class from `utils`, so a notebook reads the one copy that runs."""
-    import inspect
-    import textwrap
-    source = textwrap.dedent(inspect.getsource(obj))
-    module = inspect.getmodule(obj).__name__.replace(".", "/") + ".py"
-    _display_markdown(f"*from `{module}`:*\n```python\n{source.rstrip()}\n```")
