@@ -402,6 +402,14 @@ def evaluate_tensor_program(program: dict, leaves: dict, lib: Any = None) -> Any
     return lib.nn.functional.cross_entropy(logits, lib.as_tensor(program["targets"]))
 
 
+def two_moons(n, noise, rng):
+    angle = rng.uniform(0, np.pi, n)
+    label = rng.integers(0, 2, n)
+    x = np.where(label == 0, np.cos(angle), 1 - np.cos(angle))
+    y = np.where(label == 0, np.sin(angle), 0.5 - np.sin(angle))
+    return np.stack([x, y], 1) + noise * rng.normal(size=(n, 2)), label
+
+
 def saved_for_backward(forward: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> tuple[int, Any]:
     """Run `forward()` and return (bytes of the tensors saved for backward, forward's result).
     Tensors sharing storage with `exclude` (the model's parameters: they exist anyway) are not counted."""

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -213,6 +214,25 @@ def count_by_layer(model: nn.Module) -> list[int]:
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+VOCAB, SEQ, MASK_ID = 64, 16, 64
+chain_rng = np.random.default_rng(0)
+transitions = np.zeros((VOCAB, VOCAB))
+for symbol in range(VOCAB):                               # each symbol has 3 possible successors
+    transitions[symbol, chain_rng.choice(VOCAB, 3, replace=False)] = chain_rng.dirichlet(np.ones(3))
+
+def markov_sequences(n, seed):
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, SEQ), dtype=np.int64)
+    x[:, 0] = rng.integers(VOCAB, size=n)
+    for t in range(1, SEQ):
+        x[:, t] = (rng.random((n, 1)) > transitions[x[:, t - 1]].cumsum(1)).sum(1)
+    return torch.from_numpy(x)
+
+def mask_tokens(x, generator):
+    masked = torch.rand(x.shape, generator=generator) < 0.15
+    return x.masked_fill(masked, MASK_ID), x.masked_fill(~masked, -100)   # inputs, labels (-100: ignored)
 
 
 class LoRALinear(nn.Module):
