@@ -38,9 +38,8 @@ def module_name(notebook: Path) -> str:
     return f"ch{match.group(1)}_{match.group(2)}"
 
 
-def exported_cells(notebook: Path) -> list[tuple[int, str]]:
+def exported_cells(notebook: Path, cells: list[dict]) -> list[tuple[int, str]]:
     """(cell number, source without the mark) of each exported cell; refuses what is not plain Python."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     found = []
     for number, cell in enumerate(cells):
         if cell["cell_type"] != "code":
@@ -103,12 +102,13 @@ def check_names(notebook: Path, cells: list[tuple[int, str]]) -> None:
 
 def module_text(notebook: Path) -> str | None:
     """The generated module's text, or None when the notebook exports nothing."""
-    cells = exported_cells(notebook)
+    notebook_cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cells = exported_cells(notebook, notebook_cells)
     if not cells:
         return None
     check_names(notebook, cells)
-    title = json.loads(notebook.read_text(encoding="utf-8"))["cells"][0]["source"]
-    title = "".join(title).splitlines()[0].lstrip("# ").strip() if title else notebook.stem
+    title = "".join(notebook_cells[0]["source"])
+    title = title.splitlines()[0].lstrip("# ").strip() if title else notebook.stem
     header = HEADER.format(notebook=notebook.name, title=title.replace('"""', "'''"))
     return header + "".join(f"\n\n{body}\n" for _, body in cells)
 
