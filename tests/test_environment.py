@@ -63,3 +63,9 @@ def test_pyproject_installs_requirements_txt():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'dependencies = { file = ["requirements.txt"] }' in text
     assert 'optional-dependencies.dev = { file = ["requirements-dev.txt"] }' in text
+
+
+def test_the_libraries_the_chapters_import_are_required():
+    pip = requirements("requirements.txt")
+    for name in ("torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "safetensors"):
+        assert name in pip, f"{name} is imported by a chapter but missing from requirements.txt"
