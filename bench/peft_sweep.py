@@ -1,0 +1,62 @@
+"""Chapter 06's learning-rate sweep: every method at three rates, the best on validation at two more seeds.
+
+    python bench/peft_sweep.py                 # this machine's preset (cpu without a GPU): ~30 min on 2 cores
+    python bench/peft_sweep.py --preset gpu
+    python bench/peft_sweep.py --reuse         # keep the committed runs, train only what the settings add
+                                               # (e.g. a learning rate added to a method's grid)
+
+Writes bench/results/peft_sweep_<preset>.json (settings, data and model identity, versions, machine, one
+row per run), which chapter 06 reads: it refuses results made with other settings, data or model. The
+code is chapter 06's own (course/ch06_peft.py, exported from the notebook).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import utils  # noqa: E402
+from course.ch05_fine_tuning import prepare  # noqa: E402
+from course.ch06_peft import chosen_rates, load_sweep, peft_settings, sweep, write_sweep  # noqa: E402
+from utils.data import load_sentiment  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: this machine's")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the committed runs made with the same settings apart from the learning rates")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    utils.quiet_libraries()
+    preset = args.preset or utils.preset()
+    settings = peft_settings(preset)
+    data = load_sentiment()
+    prepared = prepare(data, "MiniLM")
+    print(f"{utils.describe()} · preset {preset} · {settings.steps} steps of {settings.batch_size}", flush=True)
+
+    def show(row):
+        lr = "—" if row["lr"] is None else f"{row['lr']:g}"
+        print(f"{row['method']:14s} lr {lr:>7s} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
+              f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
+    earlier = load_sweep(preset, settings, data, any_rates=True) if args.reuse else {"rows": [], "seconds": 0}
+    started = time.perf_counter()
+    rows = sweep(prepared, settings, on_row=show, reuse=earlier["rows"], progress=False)
+    seconds = time.perf_counter() - started + earlier["seconds"]
+    command = ("python bench/peft_sweep.py" + (f" --preset {args.preset}" if args.preset else "")
+               + (" --reuse" if args.reuse else ""))
+    path = write_sweep(rows, settings, data, preset, seconds, command)
+    print("chosen on validation:", chosen_rates(rows))
+    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
