@@ -73,7 +73,8 @@ def tanh(self) -> Value:
 
 @add_to_class(Value)
 def sigmoid(self) -> Value:
-    s = 1 / (1 + math.exp(-self.data))
+    e = math.exp(-abs(self.data))       # exp of a number ≤ 0 never overflows: sigmoid(-1000) is 0, as in torch
+    s = 1 / (1 + e) if self.data >= 0 else e / (1 + e)
     return self._unary(s, s * (1 - s), "σ")
 
 
@@ -84,7 +85,7 @@ Value.__radd__ = lambda self, other: self + other
 Value.__rmul__ = lambda self, other: self * other
 Value.__rsub__ = lambda self, other: Value(other) - self
 Value.__rtruediv__ = lambda self, other: Value(other) / self
-Value.backward = lambda self: backpropagate(self, 1.0)     # defined two cells below
+Value.backward = lambda self, retain_graph=False: backpropagate(self, 1.0, retain_graph)   # two cells below
 
 
 def topological_order(root) -> list:
@@ -104,11 +105,24 @@ def topological_order(root) -> list:
     return order
 
 
-def backpropagate(root, seed) -> None:
-    """Set root.grad = seed, then apply every node's local chain-rule step from the output backwards."""
+def backpropagate(root, seed, retain_graph: bool = False) -> None:
+    """Set root.grad = seed, then apply every node's local chain-rule step from the output backwards.
+
+    PyTorch's contract: leaves (inputs, weights) accumulate over backward passes; a second pass through the
+    same graph is an error unless the first kept it (retain_graph=True). Without that rule a re-run cell
+    would add the intermediate gradients again on top of the old ones and silently compound them."""
+    order = topological_order(root)
+    inner = [node for node in order if node.parents]
+    if any(getattr(node, "used", False) for node in inner):
+        raise RuntimeError("backward() through this graph a second time: compute the loss again, or pass "
+                           "retain_graph=True to the first backward()")
+    for node in inner:                  # a kept graph starts again from zero, except at the leaves
+        node.grad = 0.0 if isinstance(node, Value) else None
     root.grad = seed
-    for node in reversed(topological_order(root)):
+    for node in reversed(order):
         node.backward_step()
+    for node in inner:
+        node.used = not retain_graph
 
 
 SCALAR_OPS = ("add", "sub", "mul", "div", "pow", "relu", "tanh", "exp", "log", "sigmoid")
@@ -183,7 +197,8 @@ class Tensor:
     """A NumPy array that records the operations that produced it, like a (much) smaller torch.Tensor."""
 
     def __init__(self, data, parents: tuple = (), op: str = "", requires_grad: bool = False):
-        self.data = np.asarray(data, dtype=np.float64)
+        # A leaf copies the caller's array (as torch.tensor does): training must not change the learner's data.
+        self.data = np.asarray(data, dtype=np.float64) if parents else np.array(data, dtype=np.float64)
         self.grad: np.ndarray | None = None
         self.parents = parents
         self.op = op
@@ -242,7 +257,7 @@ def __matmul__(self, other) -> Tensor:
     return self._result(self.data @ other.data, (self, other), "@", backward_step)
 
 
-def tensor_sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+def tensor_sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
     def backward_step(g):               # every summed element gets the whole upstream gradient
         if axis is not None and not keepdims:
             g = np.expand_dims(g, axis)
@@ -250,8 +265,9 @@ def tensor_sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
     return self._result(self.data.sum(axis=axis, keepdims=keepdims), (self,), "sum", backward_step)
 
 
-def tensor_mean(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
-    count = self.data.size if axis is None else self.shape[axis]
+def tensor_mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    axes = range(self.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
+    count = math.prod(self.shape[a] for a in axes)
     return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
 
 Tensor.sum, Tensor.mean = tensor_sum, tensor_mean   # not @add_to_class: a global `sum` would hide Python's
@@ -278,9 +294,10 @@ def tanh(self) -> Tensor:
 
 
 @add_to_class(Tensor)
-def backward(self) -> None:
-    assert self.data.size == 1, "backward() starts from a scalar (a loss)"
-    backpropagate(self, np.ones_like(self.data))
+def backward(self, retain_graph: bool = False) -> None:
+    if self.data.size != 1:
+        raise ValueError(f"backward() starts from a scalar (a loss), not from shape {self.shape}: reduce it with .sum() or .mean()")
+    backpropagate(self, np.ones_like(self.data), retain_graph)
 
 
 @add_to_class(Tensor)
@@ -290,6 +307,13 @@ def zero_grad(self) -> None:
 
 def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
     """Mean softmax cross-entropy, one op: the stable log-sum-exp forward and the (softmax − one-hot)/N backward."""
+    targets = np.asarray(targets)
+    classes = logits.shape[1]
+    if (targets.shape != logits.shape[:1] or not np.issubdtype(targets.dtype, np.integer)
+            or (targets.size and not 0 <= targets.min() <= targets.max() < classes)):
+        raise ValueError(f"cross_entropy needs one integer class in 0…{classes - 1} per row of logits "
+                         f"({logits.shape[0]} rows); got {targets.dtype} of shape {targets.shape}"
+                         + (f", values {targets.min()}…{targets.max()}" if targets.size else ""))
     z = logits.data - logits.data.max(axis=1, keepdims=True)      # shifting changes nothing, avoids overflow
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     n = len(targets)

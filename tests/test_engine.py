@@ -113,7 +113,7 @@ def test_mlp_sgd_step_lowers_the_loss():
 
 
 def test_backward_starts_from_a_scalar():
-    with pytest.raises(AssertionError, match="scalar"):
+    with pytest.raises(ValueError, match="scalar"):
         Tensor(np.ones(3), requires_grad=True).tanh().backward()
 
 
@@ -124,3 +124,62 @@ def test_saved_for_backward_counts_activations_not_weights():
     assert counted == (5 * 4 + 5 * 3) * 4          # Linear keeps its input, ReLU its output (float32)
     everything, _ = saved_for_backward(lambda: torch.relu(layer(x)))
     assert everything > counted and out.shape == (5, 3)
+
+
+def test_a_second_backward_through_one_graph_raises_like_torch():
+    x = Value(3.0)
+    loss = (x * 2) * x
+    loss.backward()
+    with pytest.raises(RuntimeError, match="a second time"):
+        loss.backward()
+    assert x.grad == 12.0                                    # not compounded
+
+
+def test_retain_graph_resets_the_intermediate_gradients_and_accumulates_at_the_leaves():
+    ours = Value(3.0)
+    kept = (ours * 2) * ours
+    kept.backward(retain_graph=True)
+    kept.backward()
+    theirs = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    again = (theirs * 2) * theirs
+    again.backward(retain_graph=True)
+    again.backward()
+    assert ours.grad == theirs.grad.item() == 24.0
+    t = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    total = (t * t).sum()
+    total.backward(retain_graph=True)
+    total.backward()
+    assert np.array_equal(t.grad, [4.0, 8.0])
+
+
+def test_sigmoid_of_large_inputs_is_finite_like_torch():
+    for x in (-1000.0, -30.0, 0.0, 30.0, 1000.0):
+        y = Value(x).sigmoid()
+        y.backward()
+        assert y.data == pytest.approx(torch.sigmoid(torch.tensor(x, dtype=torch.float64)).item(), rel=1e-12, abs=1e-300)
+        assert math.isfinite(y.data)
+
+
+def test_cross_entropy_refuses_targets_out_of_range_or_of_the_wrong_shape():
+    logits = Tensor(np.zeros((2, 3)), requires_grad=True)
+    for bad in (np.array([0, -1]), np.array([0, 3]), np.array([0]), np.array([0.0, 1.0])):
+        with pytest.raises(ValueError, match="one integer class in 0…2"):
+            cross_entropy(logits, bad)
+
+
+def test_mean_over_a_tuple_of_axes_matches_torch():
+    data = np.arange(24.0).reshape(2, 3, 4)
+    ours = Tensor(data, requires_grad=True)
+    out = ours.mean(axis=(0, 2))
+    out.sum().backward()
+    theirs = torch.tensor(data, requires_grad=True)
+    theirs.mean(dim=(0, 2)).sum().backward()
+    assert np.allclose(out.data, theirs.detach().mean(dim=(0, 2)).numpy())
+    assert np.allclose(ours.grad, theirs.grad.numpy())
+
+
+def test_a_tensor_copies_the_callers_array():
+    data = np.ones(3)
+    t = Tensor(data, requires_grad=True)
+    t.data -= 1.0                                            # what an SGD step does
+    assert np.array_equal(data, np.ones(3))
