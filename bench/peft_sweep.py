@@ -1,4 +1,4 @@
-"""Chapter 06's learning-rate sweep: every method at three rates, the best on validation at two more seeds.
+"""Chapter 06's learning-rate sweep: every method at 4–5 rates, the best on validation at two more seeds.
 
     python bench/peft_sweep.py                 # this machine's preset (cpu without a GPU): ~30 min on 2 cores
     python bench/peft_sweep.py --preset gpu
