@@ -1,0 +1,65 @@
+"""Chapter 07's learning-rate sweep: every student at three rates, the best on validation at two more seeds.
+
+    python bench/distill_sweep.py                 # this machine's preset (cpu without a GPU): ~25 min on 2 cores
+    python bench/distill_sweep.py --preset gpu
+    python bench/distill_sweep.py --reuse         # keep the committed runs, train only what the settings add
+                                                  # (e.g. a learning rate added to an arm's grid)
+
+Writes bench/results/distill_sweep_<preset>.json (settings; the identity of the sentiment data, the teacher
+and chapter 04's mini-BERT; versions, machine, one row per run), which chapter 07 reads: it refuses results
+made with other settings or inputs. The code is chapter 07's own (course/ch07_distillation.py, exported
+from the notebook); the teacher's logits come from the same cache the notebook uses.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import utils  # noqa: E402
+from course.ch05_fine_tuning import prepare  # noqa: E402
+from course.ch07_distillation import (ARMS, chosen_rates, distill_settings, load_sweep, sweep, transfer_set,  # noqa: E402
+                                      write_sweep)
+from utils.data import load_sentiment  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: this machine's")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the committed runs made with the same settings apart from the learning rates")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    utils.quiet_libraries()
+    preset = args.preset or utils.preset()
+    settings = distill_settings(preset)
+    data = load_sentiment()
+    mini, minilm = prepare(data, "random"), prepare(data, "MiniLM")
+    started = time.perf_counter()
+    transfer = transfer_set(data, settings)
+    print(f"{utils.describe()} · preset {preset} · {settings.steps} steps of {settings.batch_size} · transfer set "
+          f"{len(transfer.texts):,} sentences ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    def show(row):
+        print(f"{row['arm']:36s} lr {row['lr']:<7g} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
+              f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
+    earlier = load_sweep(preset, settings, data, any_rates=True) if args.reuse else {"rows": [], "seconds": 0}
+    rows = sweep(settings, mini, minilm, transfer, ARMS, on_row=show, reuse=earlier["rows"])
+    seconds = time.perf_counter() - started + earlier["seconds"]
+    command = ("python bench/distill_sweep.py" + (f" --preset {args.preset}" if args.preset else "")
+               + (" --reuse" if args.reuse else ""))
+    path = write_sweep(rows, settings, data, preset, seconds, command)
+    print("chosen on validation:", chosen_rates(rows))
+    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

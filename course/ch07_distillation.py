@@ -1,0 +1,619 @@
+# generated from chapters/07_distillation.ipynb: edit the notebook, then run make export
+"""07 · Knowledge distillation and compression (知识蒸馏, 剪枝, 量化)"""
+
+
+import json
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel, DataCollatorWithPadding
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.pytorch_utils import prune_linear_layer
+
+import utils
+from course.ch05_fine_tuning import (LengthGroupedSampler, Prepared, SentenceClassifier, _over_batches,
+                                     accuracy, batches, load_classifier, new_classifier, predict_proba, prepare,
+                                     save_classifier, scores, teacher)
+from utils.artifacts import sha256_file
+from utils.checkpoint import atomic_path
+from utils.data import load_sentiment, split_digest
+from utils.hardware import preset as device_preset
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    steps: int = 1000                  # optimizer steps for every mini-BERT student
+    batch_size: int = 32
+    temperature: float = 2.0           # T
+    alpha: float = 0.9                 # weight of the soft-target term; 1 − alpha on the hard labels
+    copies: int = 4                    # augmented versions of each training sentence in the transfer set
+    evaluations: int = 2               # validation accuracy this often; the best weights are kept
+    seeds: tuple[int, ...] = (0,)      # trained in the notebook (the sweep adds the noise seeds)
+    noise_seeds: tuple[int, ...] = (0, 1, 2)
+    distilbert_steps: int = 200        # the DistilBERT-style student (3 MiniLM layers): ~4× a mini-BERT step
+    max_length: int = 64
+    learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
+        ("hard labels", (1e-4, 3e-4, 1e-3, 2e-3)), ("distilled", (3e-5, 1e-4, 3e-4, 1e-3, 2e-3)),
+        ("distilled + augmented", (3e-4, 1e-3, 2e-3)), ("pretrained + distilled + augmented", (3e-4, 1e-3, 2e-3)),
+        ("DistilBERT-style", (1e-4, 2e-4, 5e-4)))
+
+    def rates(self, arm: str) -> tuple[float, ...]:
+        return dict(self.learning_rates)[arm]
+
+
+DISTILL = {"cpu": DistillSettings(),
+           "gpu": DistillSettings(steps=4000, copies=8, seeds=(0, 1, 2), distilbert_steps=1000)}
+
+
+def distill_settings(preset: str | None = None) -> DistillSettings:
+    preset = preset or device_preset()
+    if preset not in DISTILL:
+        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or 'gpu'")
+    return DISTILL[preset]
+
+
+def logits_of(model: nn.Module, loader) -> torch.Tensor:
+    """The model's logits for every sentence of an evaluation loader (shuffle=False), in the split's order."""
+    return torch.from_numpy(_over_batches(model, loader, lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits))
+
+
+def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+                      temperature: float = 2.0, alpha: float = 0.5) -> torch.Tensor:
+    """alpha·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), mean over the batch, + (1 − alpha)·cross-entropy on the
+    rows whose label is not −100 (augmented sentences have none)."""
+    log_p_student = torch.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+    loss = alpha * temperature ** 2 * kl
+    if labels is not None and alpha < 1 and bool((labels != -100).any()):
+        loss = loss + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels, ignore_index=-100)
+    return loss
+
+
+def word_kinds(texts: Sequence[str], embeddings: torch.Tensor, tokenizer, k: int = 5,
+               min_count: int = 2) -> dict[str, list[str]]:
+    """For each word of `texts` (lower-cased, letters only, seen min_count times or more, one token of
+    `tokenizer`'s vocabulary) its k nearest such words by the cosine of `embeddings` (mean removed):
+    our stand-in for "a word of the same kind"."""
+    counts = Counter(w.lower() for t in texts for w in t.split())
+    words = [w for w, c in counts.most_common() if c >= min_count and w.isalpha()]
+    ids = tokenizer.convert_tokens_to_ids(words)
+    known = [(w, i) for w, i in zip(words, ids) if i != tokenizer.unk_token_id]
+    vectors = embeddings.detach()[[i for _, i in known]].float()
+    vectors = nn.functional.normalize(vectors - vectors.mean(0), dim=1)
+    similarity = vectors @ vectors.T
+    similarity.fill_diagonal_(-2.0)
+    nearest = similarity.topk(k, dim=1).indices.tolist()
+    return {w: [known[j][0] for j in row] for (w, _), row in zip(known, nearest)}
+
+
+def augment(sentence: str, kinds: dict[str, list[str]], rng: np.random.Generator, p_mask: float = 0.1,
+            p_swap: float = 0.1, p_ngram: float = 0.25, max_n: int = 5, mask_token: str = "[MASK]") -> str:
+    """One augmented version of `sentence` (Tang et al., 2019): masking, same-kind swaps, n-gram sampling."""
+    words = []
+    for word in sentence.split():
+        u = rng.random()
+        if u < p_mask:
+            words.append(mask_token)
+        elif u < p_mask + p_swap and word.lower() in kinds:
+            choices = kinds[word.lower()]
+            words.append(choices[int(rng.integers(len(choices)))])
+        else:
+            words.append(word)
+    if len(words) > 1 and rng.random() < p_ngram:
+        n = int(rng.integers(1, max_n + 1))
+        start = int(rng.integers(0, max(1, len(words) - n + 1)))
+        words = words[start:start + n]
+    return " ".join(words)
+
+
+def augmented_sentences(texts: Sequence[str], kinds: dict[str, list[str]], copies: int, seed: int = 0) -> list[str]:
+    """`copies` augmented versions of every sentence; duplicates and copies of a training sentence dropped."""
+    rng = np.random.default_rng(seed)
+    seen, result = set(texts), []
+    for _ in range(copies):
+        for text in texts:
+            new = augment(text, kinds, rng)
+            if new not in seen:
+                seen.add(new)
+                result.append(new)
+    return result
+
+
+def teacher_logits(texts: Sequence[str], folder: str | Path | None = None, batch_size: int = 128,
+                   max_length: int = 64) -> torch.Tensor:
+    """The teacher's logits for `texts` (default teacher: chapter 05's, built if missing), computed once in
+    length-grouped batches and cached, keyed by the teacher's weights and the texts."""
+    folder = Path(folder) if folder is not None else teacher()
+    texts = list(texts)
+    weights, sentences = sha256_file(folder / "model.safetensors"), split_digest(texts)
+
+    def build(out: Path) -> None:
+        model, tokenizer = load_classifier(folder)
+        part = Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
+        logits = logits_of(model, batches(part, tokenizer, batch_size, shuffle=False))
+        save_file({"logits": logits.contiguous()}, str(out / "logits.safetensors"))
+
+    path = utils.get_or_build(f"teacher-logits-{weights[:8]}-{sentences[:8]}", build,
+                              version=f"1:{weights}:{sentences}:{max_length}")
+    logits = load_file(str(path / "logits.safetensors"))["logits"]
+    if len(logits) != len(texts):
+        raise utils.CheckpointError(f"{path} holds {len(logits)} logits for {len(texts)} texts; delete it and run again")
+    return logits
+
+
+@dataclass
+class Transfer:
+    """The transfer set: the training sentences (with their labels) first, then the augmented ones
+    (label −100), and the teacher's logits for all of them."""
+    texts: list[str]
+    labels: list[int]
+    logits: torch.Tensor
+    labelled: int                      # the first `labelled` rows are the training sentences
+
+
+def transfer_set(data, settings: DistillSettings, folder: str | Path | None = None) -> Transfer:
+    """Chapter 05's training split + `settings.copies` augmented copies, labelled by the teacher (cached)."""
+    folder = Path(folder) if folder is not None else teacher()
+    texts = list(data["train"]["text"])
+    model, tokenizer = load_classifier(folder)
+    kinds = word_kinds(texts, model.encoder.embeddings.word_embeddings.weight, tokenizer)
+    everything = texts + augmented_sentences(texts, kinds, settings.copies)
+    labels = list(data["train"]["label"]) + [-100] * (len(everything) - len(texts))
+    return Transfer(everything, labels, teacher_logits(everything, folder, max_length=settings.max_length), len(texts))
+
+
+class Distilled(nn.Module):
+    """A student whose forward computes the distillation loss when the batch carries `teacher_logits`
+    (and plain cross-entropy when it does not), so `utils.train` trains it like any classifier."""
+
+    def __init__(self, student: nn.Module, temperature: float = 2.0, alpha: float = 0.9):
+        super().__init__()
+        self.student, self.temperature, self.alpha = student, temperature, alpha
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None, **ignored: Any) -> SequenceClassifierOutput:
+        logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        loss = None
+        if teacher_logits is not None:
+            loss = distillation_loss(logits, teacher_logits.float(), labels, self.temperature, self.alpha)
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+STUDENTS = {   # arm: (weights at the start, what it learns from)
+    "hard labels": ("random", "hard"),
+    "distilled": ("random", "soft"),
+    "distilled + augmented": ("random", "transfer"),
+    "pretrained + distilled + augmented": ("mini-bert", "transfer"),
+}
+# Trained in the notebook (the sweep trains them all): the CPU preset's budget leaves the fourth to the sweep.
+TRAINED_HERE = {"cpu": tuple(STUDENTS)[:3], "gpu": tuple(STUDENTS)}
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def student_parts(transfer: Transfer, tokenizer, max_length: int = 64) -> dict[str, Dataset]:
+    """The three things a student can learn from, tokenized with its tokenizer: "hard" (training
+    sentences, labels), "soft" (the same + teacher logits), "transfer" (everything + teacher logits)."""
+    encoded = tokenizer(transfer.texts, truncation=True, max_length=max_length)
+    everything = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                                    "labels": transfer.labels, "teacher_logits": transfer.logits.tolist()})
+    soft = everything.select(range(transfer.labelled))
+    return {"hard": soft.remove_columns("teacher_logits"), "soft": soft, "transfer": everything}
+
+
+def transfer_batches(part: Dataset, tokenizer, batch_size: int = 32, seed: int = 0) -> torch.utils.data.DataLoader:
+    """Chapter 05's length-grouped shuffled batches, carrying the teacher's logits when the part has them."""
+    pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = pad([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in rows])
+        batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        if "teacher_logits" in rows[0]:
+            batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows])
+        return batch
+
+    lengths = [len(ids) for ids in part["input_ids"]]
+    sampler = LengthGroupedSampler(lengths, batch_size, torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(part, batch_sampler=sampler, collate_fn=collate)
+
+
+def distil(student: nn.Module, part: Dataset, prepared: Prepared, settings: DistillSettings, lr: float, seed: int,
+           steps: int | None = None, **train_options: Any) -> utils.History:
+    """Train `student` on `part` (a `student_parts` entry) for `steps` (default settings.steps), keeping
+    the weights with the best validation accuracy."""
+    steps = steps or settings.steps
+    model = Distilled(student, settings.temperature, settings.alpha)
+    loader = transfer_batches(part, prepared.tokenizer, settings.batch_size, seed)
+    return utils.train(model, loader, steps=steps, lr=lr, warmup=0.1, weight_decay=0.01, schedule="linear",
+                       metrics=lambda m: {"validation accuracy": accuracy(m, prepared.validation)},
+                       monitor="validation accuracy", mode="max", restore_best=True,
+                       eval_every=max(1, steps // settings.evaluations), **{"progress": False, **train_options})
+
+
+def run_student(arm: str, parts: dict[str, Dataset], prepared: Prepared, settings: DistillSettings, lr: float,
+                seed: int = 0, keep_model: bool = False, **train_options: Any) -> dict[str, Any]:
+    """One student of the race, trained and scored on the test split: a row of the results table."""
+    if arm not in STUDENTS:
+        raise ValueError(f"unknown student {arm!r}; choose one of {', '.join(STUDENTS)}")
+    start, source = STUDENTS[arm]
+    student = new_classifier(start, seed)
+    started = time.perf_counter()
+    history = distil(student, parts[source], prepared, settings, lr, seed, **train_options)
+    seconds = time.perf_counter() - started
+    probs = predict_proba(student, prepared.test)
+    row = {"arm": arm, "seed": seed, "lr": lr, "steps": history.steps_done,
+           "validation accuracy": history.best_value,
+           "test accuracy": scores(prepared.data["test"]["labels"], probs)["accuracy"], "seconds": seconds}
+    if keep_model:
+        row["model"], row["probs"] = student, probs
+    return row
+
+
+def every_other_layer(model: SentenceClassifier, keep: Sequence[int] | None = None) -> SentenceClassifier:
+    """A DistilBERT-style student (Sanh et al., 2019): the teacher with only the layers `keep` (default
+    every other one: 0, 2, 4 of 6), each initialised from the teacher's layer, embeddings and head copied.
+    The word-embedding table (half the parameters) is frozen: updating it is half the cost of a step."""
+    layers = model.encoder.encoder.layer
+    keep = list(range(0, len(layers), 2)) if keep is None else list(keep)
+    config = BertConfig.from_dict({**model.config.to_dict(), "num_hidden_layers": len(keep)})
+    encoder = BertModel(config, add_pooling_layer=False)
+    encoder.embeddings.load_state_dict(model.encoder.embeddings.state_dict())
+    for new, old in zip(encoder.encoder.layer, keep):
+        new.load_state_dict(layers[old].state_dict())
+    student = SentenceClassifier(encoder, pooling=model.pooling, dropout=model.dropout.p)
+    student.classifier.load_state_dict(model.classifier.state_dict())
+    student.encoder.embeddings.word_embeddings.requires_grad_(False)
+    return student
+
+
+def run_distilbert(parts: dict[str, Dataset], prepared: Prepared, settings: DistillSettings, lr: float,
+                   seed: int = 0, folder: str | Path | None = None, keep_model: bool = False,
+                   **train_options: Any) -> dict[str, Any]:
+    """The DistilBERT-style student distilled on the transfer set (`parts` tokenized with MiniLM's
+    tokenizer) for settings.distilbert_steps; a row of the results table."""
+    big, _ = load_classifier(folder if folder is not None else teacher())
+    utils.seed_everything(seed)
+    student = every_other_layer(big)
+    started = time.perf_counter()
+    history = distil(student, parts["transfer"], prepared, settings, lr, seed, steps=settings.distilbert_steps,
+                     **train_options)
+    seconds = time.perf_counter() - started
+    probs = predict_proba(student, prepared.test)
+    row = {"arm": "DistilBERT-style", "seed": seed, "lr": lr, "steps": history.steps_done,
+           "validation accuracy": history.best_value,
+           "test accuracy": scores(prepared.data["test"]["labels"], probs)["accuracy"], "seconds": seconds}
+    if keep_model:
+        row["model"], row["probs"] = student, probs
+    return row
+
+
+ARMS = (*STUDENTS, "DistilBERT-style")
+
+
+def chosen_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each arm's learning rate with the best validation accuracy at the first noise seed (ties: the smaller)."""
+    first = min(row["seed"] for row in rows)
+    best: dict[str, dict[str, Any]] = {}
+    for row in sorted((r for r in rows if r["seed"] == first), key=lambda r: r["lr"]):
+        if row["arm"] not in best or row["validation accuracy"] > best[row["arm"]]["validation accuracy"]:
+            best[row["arm"]] = row
+    return {arm: row["lr"] for arm, row in best.items()}
+
+
+def best_student_arm(rows: Sequence[dict[str, Any]], arms: Sequence[str] = tuple(STUDENTS)) -> str:
+    """Of `arms`, the mini-BERT student with the highest mean validation accuracy over the seeds at its chosen rate."""
+    rates = chosen_rates(rows)
+    means = {arm: float(np.mean([r["validation accuracy"] for r in rows if r["arm"] == arm and r["lr"] == rates[arm]]))
+             for arm in arms if arm in rates}
+    return max(means, key=means.get)
+
+
+def sweep(settings: DistillSettings, mini: Prepared, minilm: Prepared, transfer: Transfer, arms: Sequence[str] = ARMS,
+          on_row=lambda row: None, reuse: Sequence[dict[str, Any]] = (), **train_options: Any) -> list[dict[str, Any]]:
+    """Every arm at each of its rates (first noise seed), then at its chosen rate with the other noise seeds.
+    reuse: rows of an earlier sweep with the same settings apart from the rates (`load_sweep(...,
+    any_rates=True)`), taken as they are instead of training again."""
+    earlier = {(row["arm"], row["lr"], row["seed"]): row for row in reuse}
+    parts = {"mini": student_parts(transfer, mini.tokenizer, settings.max_length),
+             "MiniLM": student_parts(transfer, minilm.tokenizer, settings.max_length)}
+    first, others = settings.noise_seeds[0], settings.noise_seeds[1:]
+    rows: list[dict[str, Any]] = []
+
+    def record(arm: str, lr: float, seed: int) -> dict[str, Any]:
+        if (arm, lr, seed) in earlier:
+            row = earlier[(arm, lr, seed)]
+        elif arm == "DistilBERT-style":
+            row = run_distilbert(parts["MiniLM"], minilm, settings, lr, seed, **train_options)
+        else:
+            row = run_student(arm, parts["mini"], mini, settings, lr, seed, **train_options)
+        rows.append(row)
+        on_row(row)
+        return row
+    for arm in arms:
+        tried = [record(arm, lr, first) for lr in settings.rates(arm)]
+        best = chosen_rates(tried)[arm]
+        for seed in others:
+            record(arm, best, seed)
+    return rows
+
+
+RESULTS = Path(utils.__file__).resolve().parents[1] / "bench" / "results"
+
+
+def inputs_identity(data, teacher_folder: str | Path | None = None) -> dict[str, str]:
+    """What the race's numbers depend on besides the settings: the sentences and labels, the teacher's
+    weights and chapter 04's mini-BERT (its tokenizer and, for one student, its weights)."""
+    from course.ch05_fine_tuning import mini_bert_folder
+    texts = [f"{split}\t{label}\t{text}" for split in ("train", "validation", "test")
+             for text, label in zip(data[split]["text"], data[split]["label"])]
+    teacher_folder = Path(teacher_folder) if teacher_folder is not None else teacher()
+    return {"sentiment sha256": split_digest(texts),
+            "teacher": sha256_file(teacher_folder / "model.safetensors"),
+            "mini-bert": sha256_file(mini_bert_folder() / "model.safetensors")}
+
+
+def sweep_path(preset: str) -> Path:
+    return RESULTS / f"distill_sweep_{preset}.json"
+
+
+def write_sweep(rows: list[dict[str, Any]], settings: DistillSettings, data, preset: str, seconds: float,
+                command: str) -> Path:
+    import transformers
+    record = {"preset": preset, "settings": asdict(settings), "inputs": inputs_identity(data),
+              "command": command, "seconds": round(seconds), "machine": utils.describe(),
+              "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                           "transformers": transformers.__version__},
+              "rows": rows}
+    path = sweep_path(preset)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_sweep(preset: str, settings: DistillSettings, data, any_rates: bool = False) -> dict[str, Any]:
+    """The committed sweep for `preset`, refused if made with other settings (other learning rates too,
+    unless any_rates), data, teacher or mini-BERT."""
+    path = sweep_path(preset)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing: run `python bench/distill_sweep.py --preset {preset}`")
+    record = json.loads(path.read_text())
+    expected = json.loads(json.dumps(asdict(settings)))
+    if any_rates:
+        expected["learning_rates"] = record["settings"]["learning_rates"]
+    if record["settings"] != expected:
+        raise ValueError(f"{path.name} was made with other settings than distill_settings({preset!r}); "
+                         f"run `python bench/distill_sweep.py --preset {preset}` again")
+    if record["inputs"] != inputs_identity(data):
+        raise ValueError(f"{path.name} was made with another sentiment set, teacher or mini-BERT than this one; "
+                         f"run `python bench/distill_sweep.py --preset {preset}` again")
+    return record
+
+
+def _gate_hooks(model: SentenceClassifier, gates: torch.Tensor) -> list:
+    """Multiply each head's output by its gate, just before the attention's output projection."""
+    hooks = []
+    for i, layer in enumerate(model.encoder.encoder.layer):
+        heads = layer.attention.self.num_attention_heads
+
+        def gate(module, args, i=i, heads=heads):
+            x, *rest = args
+            return ((x.view(*x.shape[:-1], heads, -1) * gates[i, :heads, None]).view(x.shape), *rest)
+        hooks.append(layer.attention.output.dense.register_forward_pre_hook(gate))
+    return hooks
+
+
+def head_importance(model: SentenceClassifier, loader, max_batches: int | None = None) -> torch.Tensor:
+    """Michel et al. (2019): |∂ loss / ∂ gate| for a gate on every head, summed over the batches of `loader`
+    (cross-entropy with the true labels), normalised to unit length within each layer. Shape (layers, heads)."""
+    layers = model.encoder.encoder.layer
+    gates = torch.ones(len(layers), model.config.num_attention_heads, requires_grad=True)
+    importance = torch.zeros_like(gates)
+    hooks = _gate_hooks(model, gates)
+    try:
+        with utils.evaluating(model):
+            for n, batch in enumerate(loader):
+                if max_batches is not None and n == max_batches:
+                    break
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
+                importance += torch.autograd.grad(loss, gates)[0].abs()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return importance / importance.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def heads_to_remove(scores: torch.Tensor, count: int) -> dict[int, list[int]]:
+    """The `count` heads with the lowest scores, never the last head of a layer: {layer: [heads]}."""
+    layers, heads = scores.shape
+    if not 0 <= count <= layers * (heads - 1):
+        raise ValueError(f"can remove 0 to {layers * (heads - 1)} heads (one stays in each layer), not {count}")
+    left = dict.fromkeys(range(layers), heads)
+    remove: dict[int, list[int]] = {layer: [] for layer in range(layers)}
+    order = sorted((float(scores[layer, head]), layer, head) for layer in range(layers) for head in range(heads))
+    for _, layer, head in order:
+        if sum(map(len, remove.values())) == count:
+            break
+        if left[layer] > 1:
+            remove[layer].append(head)
+            left[layer] -= 1
+    return remove
+
+
+def prune_heads(model: SentenceClassifier, remove: dict[int, Sequence[int]]) -> SentenceClassifier:
+    """Remove attention heads in place (numbered as in the unpruned model): slice the rows of query, key
+    and value and the columns of the attention's output projection, and tell the layer its new head count."""
+    for i, heads in remove.items():
+        if not heads:
+            continue
+        attention = model.encoder.encoder.layer[i].attention
+        self_attention = attention.self
+        if self_attention.num_attention_heads != model.config.num_attention_heads:
+            raise ValueError(f"layer {i} was pruned already: prune a fresh copy with all the heads to remove")
+        size = self_attention.attention_head_size
+        keep = [h for h in range(self_attention.num_attention_heads) if h not in set(heads)]
+        if not keep:
+            raise ValueError(f"layer {i} would keep no head; keep at least one per layer")
+        index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
+        for name in ("query", "key", "value"):
+            setattr(self_attention, name, prune_linear_layer(getattr(self_attention, name), index, dim=0))
+        attention.output.dense = prune_linear_layer(attention.output.dense, index, dim=1)
+        self_attention.num_attention_heads, self_attention.all_head_size = len(keep), len(keep) * size
+    return model
+
+
+def heads_left(model: SentenceClassifier) -> list[int]:
+    return [layer.attention.self.num_attention_heads for layer in model.encoder.encoder.layer]
+
+
+def file_bytes(state: dict[str, torch.Tensor]) -> int:
+    """The size of `state` written as one safetensors file."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        save_file({name: t.detach().contiguous() for name, t in state.items()}, str(path))
+        return path.stat().st_size
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, tokenizer, text: str, repeats: int = 20) -> float:
+    """Median milliseconds of one forward pass on one sentence (tokenisation excluded), after 3 warm-up calls."""
+    encoded = tokenizer([text], truncation=True, max_length=64, return_tensors="pt")
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    times = []
+    with utils.evaluating(model):
+        for n in range(repeats + 3):
+            started = time.perf_counter()
+            model(**inputs)
+            if n >= 3:
+                times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+@torch.inference_mode()
+def throughput(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64, repeats: int = 2) -> float:
+    """Sentences per second for batches of `batch_size` of `texts` (padded to the longest), after one warm-up."""
+    encoded = tokenizer(list(texts[:batch_size]), truncation=True, max_length=64, padding=True, return_tensors="pt")
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    with utils.evaluating(model):
+        model(**inputs)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(**inputs)
+    return repeats * len(encoded["input_ids"]) / (time.perf_counter() - started)
+
+
+def magnitude_prune(model: nn.Module, amount: float = 0.5) -> nn.Module:
+    """Zero the `amount` share of the encoder's linear weights with the smallest |w| (one global threshold),
+    in place, and make it permanent (`prune.remove`): the tensors keep their shape."""
+    from torch.nn.utils import prune
+    linears = [(module, "weight") for module in model.encoder.modules() if isinstance(module, nn.Linear)]
+    prune.global_unstructured(linears, pruning_method=prune.L1Unstructured, amount=amount)
+    for module, name in linears:
+        prune.remove(module, name)
+    return model
+
+
+def zero_share(model: nn.Module) -> float:
+    weights = [m.weight for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def quantise_rows(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantisation per output row: (integers in [−q, q] stored as int8, fp32 scales), q = 2^(bits−1) − 1."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8, not {bits}")
+    levels = 2 ** (bits - 1) - 1
+    scale = weight.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / levels
+    return torch.clamp(torch.round(weight.detach() / scale), -levels, levels).to(torch.int8), scale
+
+
+def dequantise(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale
+
+
+def _linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def fake_quantise(model: nn.Module, bits: int = 8) -> nn.Module:
+    """A copy of `model` whose linear weights are replaced by their `bits`-bit quantised-then-dequantised
+    values: the accuracy of a quantised model, computed in fp32."""
+    import copy
+    result = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in _linears(result).values():
+            module.weight.copy_(dequantise(*quantise_rows(module.weight, bits)))
+    return result
+
+
+def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors with every linear weight as int8 + one fp32 scale per row (what an int8 file holds)."""
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    for name, module in _linears(model).items():
+        q, scale = quantise_rows(module.weight)
+        state[f"{name}.weight"] = q.contiguous()
+        state[f"{name}.weight_scale"] = scale.squeeze(1).contiguous()
+    return state
+
+
+def linear_bytes(state: dict[str, torch.Tensor], model: nn.Module) -> int:
+    """Bytes of the linear layers' tensors (weights, scales, biases) in `state`."""
+    prefixes = tuple(f"{name}." for name in _linears(model))
+    return sum(t.numel() * t.element_size() for name, t in state.items() if name.startswith(prefixes))
+
+
+def int8_kernel(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every nn.Linear replaced by PyTorch's dynamic int8 linear (CPU: fbgemm/qnnpack)."""
+    import copy
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "torch.ao.quantization is deprecated": see the text above
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def student(settings: DistillSettings | None = None, *, result: dict[str, Any] | None = None, rebuild: bool = False,
+            **train_options: Any) -> Path:
+    """The folder of this chapter's best student, in chapter 05's `save_classifier` format (`load_classifier`
+    opens it; chapter 05's `predict` uses it). If none is cached for these settings, data, teacher and
+    mini-BERT, it is trained now: the sweep's best student at its chosen rate, seed 0.
+    result: a `run_student(..., keep_model=True)` row to store instead (this chapter stores its own)."""
+    from course.ch05_fine_tuning import load_tokenizer
+    preset = device_preset()
+    settings = settings or distill_settings(preset)
+    data = load_sentiment()
+    identity = inputs_identity(data)
+
+    def build(folder: Path) -> None:
+        row = result
+        if row is None:
+            record = load_sweep(preset, settings, data)
+            arm = best_student_arm(record["rows"], TRAINED_HERE[preset])
+            mini = prepare(data, "random")
+            parts = student_parts(transfer_set(data, settings), mini.tokenizer, settings.max_length)
+            row = run_student(arm, parts, mini, settings, chosen_rates(record["rows"])[arm], 0, keep_model=True,
+                              **{"progress": True, "desc": f"training the student ({arm})", **train_options})
+        save_classifier(row["model"], load_tokenizer("random"), folder,
+                        {"arm": row["arm"], "lr": row["lr"], "seed": row["seed"], "settings": asdict(settings),
+                         "inputs": identity, "test accuracy": row["test accuracy"],
+                         "validation accuracy": row["validation accuracy"]})
+    version = f"1:{json.dumps(asdict(settings), sort_keys=True)}:{json.dumps(identity, sort_keys=True)}"
+    return utils.get_or_build("student", build, version=version, rebuild=rebuild or result is not None)
