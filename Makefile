@@ -6,13 +6,14 @@ CONSTRAINTS ?= constraints.txt
 KERNEL      ?= from-zero
 LAB_ARGS    ?=
 PYTEST_ARGS ?=
+PORT        ?= 8000
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install data lab test run-all export bench clean
+.PHONY: help install data lab test run-all export bench serve clean
 
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
@@ -21,6 +22,7 @@ help:
 	@echo "make export   write each chapter's '#| export' cells to course/chNN_name.py (run-all does it too)"
 	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
 	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
+	@echo "make serve    serve chapter 08's model on http://127.0.0.1:$(PORT) (FROM_ZERO_SERVE=student|teacher|folder)"
 	@echo "make clean    delete .venv, the build-on-demand cache checkpoints/ and the data cache data/cache/"
 
 # The stamp makes a second `make lab` / `make test` skip the install; editing a requirements file redoes it.
@@ -59,6 +61,10 @@ export:
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_loop.py
+
+# Chapter 08's service outside the notebook; builds the model folder first if needed.
+serve: $(STAMP) data
+	$(BIN)/uvicorn course.ch08_deployment:app --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) checkpoints data/cache
