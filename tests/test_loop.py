@@ -258,12 +258,44 @@ def test_empty_and_exhausted_data():
                                           ({"schedule": "exp"}, "schedule 'exp' is not one of"),
                                           ({"grad_accum": 0}, "grad_accum must be"),
                                           ({"mode": "up"}, "mode must be"),
-                                          ({"eval_every": 0}, "eval_every must be an int >= 1")])
+                                          ({"eval_every": 0}, "eval_every must be an int >= 1"),
+                                          ({"lr": "1e-3"}, "lr must be a number, got '1e-3' \\(str\\)"),
+                                          ({"clip": "1"}, "clip must be a number"),
+                                          ({"warmup": True}, "warmup must be a number")])
 def test_bad_config_fails_before_any_work(bad, message):
     with pytest.raises(ValueError, match=f"bad training config: {message}"):
         TrainConfig(**{"steps": 10, **bad})
     with pytest.raises(ValueError, match="bad training config"):
         train(Classifier(), xor_data(32), **{"steps": 10, **bad})
+
+
+def test_a_checkpoint_dir_that_is_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train(Classifier(), xor_data(32), steps=5, checkpoint_dir=tmp_path / "notes.txt", **QUIET)
+
+
+def test_a_misspelt_monitor_fails_before_training_when_only_the_loss_is_evaluated():
+    model = Classifier()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(KeyError, match="monitor='eval_los' is not among the evaluated values \\['eval_loss'\\]"):
+        train(model, xor_data(32), steps=5, eval_data=xor_data(32), monitor="eval_los", **QUIET)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
+    class NanAtStep3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.calls = nn.Parameter(torch.ones(())), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return (self.w - 2) ** 2 * (float("nan") if self.calls == 3 else 1.0)
+    model = NanAtStep3()
+    with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):
+        train(model, [torch.zeros(1)], steps=10, **QUIET)
+    assert torch.isfinite(model.w).all() and model.w.grad is None
 
 
 def test_early_stopping_needs_something_to_watch():
@@ -327,3 +359,16 @@ def test_evaluating_restores_the_previous_mode_even_when_the_block_fails():
     with pytest.raises(RuntimeError), evaluating(model):
         raise RuntimeError("a failing batch")
     assert model.training
+
+
+def test_a_nan_loss_names_the_last_good_checkpoint(tmp_path):
+    class NanAtStep7(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.calls = nn.Parameter(torch.ones(())), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return (self.w - 2) ** 2 * (float("nan") if self.calls == 7 else 1.0)
+    with pytest.raises(FloatingPointError, match="at step 7: .*the last good checkpoint is step 5 in"):
+        train(NanAtStep7(), [torch.zeros(1)], steps=10, checkpoint_dir=tmp_path, checkpoint_every=5, **QUIET)

@@ -1,6 +1,5 @@
 """Checks on the committed notebooks themselves (nbval, configured in pyproject.toml, runs them)."""
 import base64
-import json
 import re
 from pathlib import Path
 
@@ -78,6 +77,16 @@ def test_main_chapters_state_a_budget_and_end_with_what_we_measured():
         assert any(h.lstrip().startswith("## What we measured") for h in headings), path.name
         sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         assert "what_we_measured(" in sources and "assert " in sources, path.name
+
+
+def test_every_badge_and_setup_cell_names_the_repository_of_pyproject(tmp_path):
+    from tools import set_repository
+    assert set_repository.repository() == REPO
+    assert set_repository.main(["--check"]) == 0
+    # and the tool really rewrites: a copy of a notebook pointing elsewhere is brought back
+    stray = tmp_path / "stray.ipynb"
+    stray.write_text(NOTEBOOKS[0].read_text().replace(REPO, "someone/else"))
+    assert set_repository.MENTION.sub(lambda m: m.group(1) + REPO, stray.read_text()) == NOTEBOOKS[0].read_text()
 
 
 def test_readme_lists_every_chapter_with_a_colab_badge():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import random
 import re
 import shutil
@@ -73,6 +74,12 @@ class TrainConfig:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(f"bad training config: {message}")
+        def number(value: Any) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+        for name in ("lr", "weight_decay", "warmup", "min_delta") + (("clip",) if self.clip is not None else ()):
+            value = getattr(self, name)
+            need(number(value), f"{name} must be a number, got {value!r} ({type(value).__name__}): "
+                                f"write {name}=1e-3, not {name}='1e-3'")
         need(isinstance(self.steps, int) and self.steps > 0, f"steps must be a positive int, got {self.steps!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {SCHEDULES}")
@@ -83,6 +90,9 @@ class TrainConfig:
         for name in ("eval_every", "patience", "checkpoint_every", "log_every", "keep"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and value >= 1), f"{name} must be an int >= 1, got {value!r}")
+        need(self.checkpoint_dir is None or not Path(self.checkpoint_dir).exists() or Path(self.checkpoint_dir).is_dir(),
+             f"checkpoint_dir {str(self.checkpoint_dir)!r} is a file, not a folder: give a folder path "
+             f"(it is created if missing), or checkpoint_dir=None for no checkpoints")
 
     @property
     def warmup_steps(self) -> int:
@@ -416,9 +426,12 @@ class _Run:
 
 
 def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], device: torch.device,
-                    autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, float, Any]:
+                    autocast: Callable[[], contextlib.AbstractContextManager],
+                    step: int) -> tuple[torch.Tensor, float, Any]:
     """One optimizer step: `grad_accum` forward and backward passes, clipping, the update, the schedule.
-    Returns (mean loss, still on the device; the step's learning rate; the gradient norm or None)."""
+    Returns (mean loss, still on the device; the step's learning rate; the gradient norm or None).
+    On the CPU a loss that is not finite stops training here, before it reaches the weights (reading it
+    costs nothing there); on a GPU it is caught when the losses are read back (`log_every`)."""
     cfg = run.cfg
     lr = run.scheduler.get_last_lr()[0]
     total = torch.zeros((), device=device)
@@ -426,6 +439,10 @@ def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], dev
         batch = to_device(run.batches.next(), device)
         with autocast():
             loss = loss_of(forward(model, batch))
+        if device.type == "cpu" and not math.isfinite(loss.item()):
+            run.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}), "
+                                     f"add warmup, or keep clip on; the weights are those before this step")
         run.scaler.scale(loss / cfg.grad_accum).backward()
         total += loss.detach().float()
     grad_norm = None
@@ -495,6 +512,9 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     cfg = TrainConfig(**config)
     if cfg.patience is not None and eval_data is None and metrics is None:
         raise ValueError("patience (early stopping) needs eval_data or metrics to watch")
+    if eval_data is not None and metrics is None and cfg.monitor != "eval_loss":
+        raise KeyError(f"monitor={cfg.monitor!r} is not among the evaluated values ['eval_loss']: without "
+                       f"metrics= only eval_loss is evaluated")
     device = pick_device(cfg.device)
     dtype = amp_dtype(device) if cfg.amp else None
     model.to(device).train()
@@ -531,7 +551,7 @@ def _loop(model: nn.Module, run: _Run, train_data: Iterable, eval_data: Iterable
         try:
             while step < cfg.steps:
                 step += 1
-                log.add(step, *_optimizer_step(model, run, params, device, autocast))
+                log.add(step, *_optimizer_step(model, run, params, device, autocast, step))
                 bar.update(1)
                 evaluate = watching and (step % eval_every == 0 or step == cfg.steps)
                 if step % cfg.log_every == 0 or step == cfg.steps or evaluate:
@@ -551,6 +571,10 @@ def _loop(model: nn.Module, run: _Run, train_data: Iterable, eval_data: Iterable
                 if stop:
                     break
             log.flush()
+        except FloatingPointError as error:
+            saved = checkpoint_steps(ckpt_dir) if ckpt_dir is not None else []
+            last = f"; the last good checkpoint is step {saved[-1]} in {ckpt_dir}" if saved else ""
+            raise FloatingPointError(f"{error}{last}") from None
         except KeyboardInterrupt:
             saved = checkpoint_steps(ckpt_dir) if ckpt_dir is not None else []
             where = f"; run again to resume from step {saved[-1]}" if saved else ""
