@@ -95,3 +95,26 @@ def test_readme_lists_every_chapter_with_a_colab_badge():
         assert f"]({relative})" in README, f"README's chapter table lacks {relative}"
         assert f"colab.research.google.com/github/{REPO}/blob/main/{relative}" in README
     assert README.index("make lab") < README.index("## ") and README.index("make test") < README.index("## ")
+
+
+def jupyter_anchor(heading: str) -> str:
+    """The anchor JupyterLab gives a Markdown heading: its text with spaces as hyphens."""
+    return heading.lstrip("#").strip().replace(" ", "-")
+
+
+def test_glossary_links_open_existing_sections_and_every_chapter_links_the_glossary():
+    glossary = (ROOT / "GLOSSARY.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((chapters/[\w./]+\.ipynb)#((?:[^()\s]|\([^()]*\))+)\)", glossary)   # balanced ( )
+    assert len(links) >= 30, "the glossary links fewer sections than expected: check the link pattern"
+    for relative, anchor in links:
+        path = ROOT / relative
+        assert path.is_file(), f"GLOSSARY.md links {relative}, which does not exist"
+        headings = [line for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "markdown"
+                    for line in cell.source.splitlines() if line.startswith("#")]
+        assert anchor in {jupyter_anchor(h) for h in headings}, f"GLOSSARY.md: {relative} has no section #{anchor}"
+    for term in ("链式法则", "自动求导", "计算图", "预训练", "掩码语言模型", "微调", "迁移学习", "参数高效微调", "适配器",
+                 "提示微调", "低秩适配", "知识蒸馏", "软标签", "温度", "模型压缩", "量化", "剪枝", "部署"):
+        assert f"| {term} |" in glossary, term
+    assert "](GLOSSARY.md)" in README
+    for path in MAIN:
+        assert "](../GLOSSARY.md)" in nbformat.read(path, as_version=4).cells[0].source, f"{path.name}: title cell lacks the glossary link"
