@@ -195,3 +195,34 @@ def test_a_bad_behaviour_file_names_the_line(tmp_path, line, message):
     path.write_text('{"phenomenon": "negation", "text": "Not bad.", "label": 1}\n' + line + "\n")
     with pytest.raises(DataError, match=f"line 2: .*{message}"):
         data.load_behaviour_set(path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("three.csv", b"text,label\ngood,1\nbad,0\nfine,1\n", "has 3 rows: split 80/10/10 that gives train 3, validation 0, test 0"),
+    ("latin.csv", "text,label\ncaf\xe9 bien,1\n".encode("latin-1"), r"is not UTF-8 \(byte 0xe9 at position 14\); save it as UTF-8"),
+    ("empty.csv", b"", "is empty; it needs a header row"),
+    ("header.csv", b"text,label\n", r"has a header \(text,label\) but no rows"),
+    ("broken.jsonl", b'{"text": "a", "label": 1\n', "could not read .* as jsonl: "),
+    ("mine.tsv", b"text\tlabel\na\t1\n", r"\.tsv is not supported for the sentiment data; use \.csv or \.json"),
+])
+def test_sentiment_files_that_cannot_be_used_say_why_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        data.load_sentiment(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_folders_and_files_of_the_wrong_kind_are_named(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "wiki.train.raw").write_text("text\n")
+    (tmp_path / "mine.tsv").write_text("a\tb\n")
+    with pytest.raises(DataError, match=r"raw holds \.raw, none of .*one \.txt file \(one paragraph per line\)"):
+        data.load_corpus("train", source=str(tmp_path / "raw"))
+    with pytest.raises(DataError, match=r"raw holds \.raw, none of"):
+        data.load_sentiment(str(tmp_path / "raw"))
+    with pytest.raises(DataError, match=r"\.tsv is not supported for the corpus; use \.txt"):
+        data.load_corpus("train", source=str(tmp_path / "mine.tsv"))
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="is not UTF-8"):
+        data.load_corpus("train", source=str(tmp_path / "latin.txt"))

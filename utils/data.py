@@ -26,6 +26,7 @@ import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -162,8 +163,14 @@ def load_corpus(split: str = "train", source: str | None = None) -> list[str]:
         text = source_file("wikitext-2", {"validation": "valid"}.get(split, split) + ".raw").read_text(encoding="utf-8")
         lines = text.splitlines()
     elif source.endswith(".txt"):
-        lines = _existing(source).read_text(encoding="utf-8").splitlines()
+        path = _existing(source)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path} is not UTF-8 (position {error.start}); save it as UTF-8") from None
     else:
+        if _looks_local(source):
+            _check_local(_existing(source), (".txt",), "the corpus", "one paragraph per line")
         repo, config = HUB["corpus"] if source == "hub" else (str(_existing(source)) if _looks_local(source) else source,
                                                               HUB["corpus"][1])
         lines = _hub_dataset(repo, config, split, "corpus")["text"]
@@ -270,17 +277,64 @@ def load_sentiment(source: str | None = None, seed: int = 0):
                 raise DataError(f"the {name} split no longer matches data/sentiment_split.json; "
                                 "fetch the data again with utils.data.fetch('rt-sentences', force=True)")
         data = datasets.DatasetDict(parts)
-    elif source.endswith((".csv", ".jsonl", ".json", ".parquet")):
+    elif source.endswith(tuple(SENTIMENT_FILES)):
         path = _existing(source)
-        builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix]
-        data = datasets.load_dataset(builder, data_files=str(path))
+        data = _read_table(path, SENTIMENT_FILES[path.suffix])
     else:
+        if _looks_local(source):
+            _check_local(_existing(source), tuple(SENTIMENT_FILES), "the sentiment data",
+                         "columns text and label; a .tsv: pandas.read_csv(path, sep='\\t').to_csv('mine.csv', index=False)")
         repo = HUB["sentiment"][0] if source == "hub" else str(_existing(source)) if _looks_local(source) else source
         data = _hub_dataset(repo, None, None, "sentiment dataset")
     data = check_sentiment(data, origin=source)
     if set(data) != set(SPLITS):
         data = _split_dataset(data, seed)
+        small = {name: len(part) for name, part in data.items() if len(part) == 0}
+        if small:
+            sizes = ", ".join(f"{name} {len(part)}" for name, part in data.items())
+            raise DataError(f"{source} has {sum(len(p) for p in data.values())} rows: split 80/10/10 that gives "
+                            f"{sizes}; give at least 20 rows (both labels), or your own train/validation/test")
     return data
+
+
+SENTIMENT_FILES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _check_local(path: Path, files: Sequence[str], what: str, hint: str) -> None:
+    """A local file or folder the hub loader cannot read gets a one-line error naming the supported formats."""
+    if path.is_file():
+        raise DataError(f"{path}: {path.suffix or 'a file without a suffix'} is not supported for {what}; use "
+                        f"{' or '.join(sorted(files))} ({hint}), or a folder in the hub's layout")
+    in_folder = {".csv", ".json", ".jsonl", ".parquet", ".arrow", ".txt"}
+    found = {p.suffix for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")} - {".md"}
+    if not found & in_folder:
+        raise DataError(f"{path} holds {', '.join(sorted(found)) or 'no files'}, none of {', '.join(sorted(in_folder))}: "
+                        f"give a folder in the hub's layout, or one {' or '.join(sorted(files))} file ({hint})")
+
+
+def _read_table(path: Path, builder: str):
+    """A local csv/json/parquet file through `datasets`, with the usual problems said in one line."""
+    import datasets
+    if builder != "parquet":
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path} is not UTF-8 (byte 0x{raw[error.start]:02x} at position {error.start}); save it as "
+                            f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise DataError(f"{path} is empty; it needs a header row text,label and one row per sentence")
+        if builder == "csv" and len(lines) == 1:
+            raise DataError(f"{path} has a header ({lines[0].strip()}) but no rows")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path))
+    except Exception as error:          # pyarrow and datasets raise many types for a malformed file
+        root = error
+        while root.__cause__ is not None or root.__context__ is not None:     # the parser's own words
+            root = root.__cause__ or root.__context__
+        message = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        raise DataError(f"could not read {path} as {path.suffix[1:]}: {message[:200]}") from error
 
 
 def check_sentiment(data, origin: str):
