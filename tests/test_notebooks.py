@@ -118,3 +118,16 @@ def test_glossary_links_open_existing_sections_and_every_chapter_links_the_gloss
     assert "](GLOSSARY.md)" in README
     for path in MAIN:
         assert "](../GLOSSARY.md)" in nbformat.read(path, as_version=4).cells[0].source, f"{path.name}: title cell lacks the glossary link"
+
+
+def test_run_notebooks_refuses_a_conflicted_or_broken_notebook_before_running_any(tmp_path, capsys):
+    from tools import run_notebooks
+    good = NOTEBOOKS[0].read_text()
+    conflicted = tmp_path / "conflicted.ipynb"
+    conflicted.write_text(good.replace('"cells": [', '"cells": [\n<<<<<<< HEAD\n=======\n>>>>>>> theirs', 1))
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text(good[:200])
+    for path, words in ((conflicted, r"has merge-conflict markers \(<<<<<<< at line \d+\)"), (broken, "is not valid notebook JSON")):
+        with pytest.raises(SystemExit):
+            run_notebooks.main([str(path)])
+        assert re.search(words, capsys.readouterr().err)

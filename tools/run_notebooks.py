@@ -10,6 +10,7 @@ Python. A notebook that fails is reported and left as it was on disk. Exit statu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -42,6 +43,21 @@ def budget_minutes(nb) -> float | None:
     return nb.metadata.get("from_zero", {}).get("budget_minutes")
 
 
+def unreadable(path: Path) -> str | None:
+    """Why `path` cannot be a notebook (merge-conflict markers, not JSON), in one line; None if it can."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    marker = re.search(r"^(<<<<<<<|=======|>>>>>>>)( |$)", text, re.M)
+    if marker:
+        line = text.count("\n", 0, marker.start()) + 1
+        return (f"{path} has merge-conflict markers ({marker.group(1)} at line {line}): resolve the conflict, or "
+                f"take one side with `git checkout --ours {path}` (or --theirs), then run again")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"{path} is not valid notebook JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+    return None
+
+
 def execute(path: Path, timeout: int) -> tuple[float, str | None, object]:
     """Run a notebook top to bottom in a fresh kernel; write it back only if it succeeded."""
     nb = nbformat.read(path, as_version=4)
@@ -68,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
+    for path in paths:                       # before any notebook runs: a broken one would fail late
+        problem = unreadable(path)
+        if problem:
+            parser.error(problem)
     os.environ.update(OFFLINE)
 
     rows, failed = [], 0
