@@ -283,16 +283,20 @@ def test_a_misspelt_monitor_fails_before_training_when_only_the_loss_is_evaluate
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
-    class NanAtStep3(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w, self.calls = nn.Parameter(torch.ones(())), 0
+class NanAt(nn.Module):
+    """(w - 2)², except NaN on the `bad`-th call."""
 
-        def forward(self, x):
-            self.calls += 1
-            return (self.w - 2) ** 2 * (float("nan") if self.calls == 3 else 1.0)
-    model = NanAtStep3()
+    def __init__(self, bad: int):
+        super().__init__()
+        self.w, self.calls, self.bad = nn.Parameter(torch.ones(())), 0, bad
+
+    def forward(self, x):
+        self.calls += 1
+        return (self.w - 2) ** 2 * (float("nan") if self.calls == self.bad else 1.0)
+
+
+def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
+    model = NanAt(3)
     with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):
         train(model, [torch.zeros(1)], steps=10, **QUIET)
     assert torch.isfinite(model.w).all() and model.w.grad is None
@@ -362,13 +366,5 @@ def test_evaluating_restores_the_previous_mode_even_when_the_block_fails():
 
 
 def test_a_nan_loss_names_the_last_good_checkpoint(tmp_path):
-    class NanAtStep7(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w, self.calls = nn.Parameter(torch.ones(())), 0
-
-        def forward(self, x):
-            self.calls += 1
-            return (self.w - 2) ** 2 * (float("nan") if self.calls == 7 else 1.0)
     with pytest.raises(FloatingPointError, match="at step 7: .*the last good checkpoint is step 5 in"):
-        train(NanAtStep7(), [torch.zeros(1)], steps=10, checkpoint_dir=tmp_path, checkpoint_every=5, **QUIET)
+        train(NanAt(7), [torch.zeros(1)], steps=10, checkpoint_dir=tmp_path, checkpoint_every=5, **QUIET)
