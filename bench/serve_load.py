@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     utils.quiet_libraries()
     texts = list(load_sentiment()["test"]["text"])[:256]
-    print(f"{utils.describe()} · torch {torch.__version__} · {platform.python_version()} · "
-          f"{torch.get_num_threads()} threads · runtime {args.runtime} · window {args.max_wait_ms} ms")
+    print(f"{utils.describe()} · Python {platform.python_version()} · runtime {args.runtime} · "
+          f"window {args.max_wait_ms} ms")
     header = f"{'model':8s} {'batching':8s} {'conc.':>5s} {'runs':>4s} {'requests/s':>14s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     print(header)
     all_match = True
