@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"these files name another repository than {target} (pyproject.toml): {', '.join(wrong)}; "
               f"run python tools/set_repository.py")
         return 1
-    print(f"{len(wrong)} files {'differ from' if args.check else 'now point at'} {target}" if wrong else
-          f"every badge and setup cell points at {target}")
+    print(f"{len(wrong)} files now point at {target}" if wrong else f"every badge and setup cell points at {target}")
     return 0
 
 
