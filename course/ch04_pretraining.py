@@ -4,7 +4,9 @@
 
 import hashlib
 import json
+import functools
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from torch import nn
 from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
 from utils import History, cache_root, evaluating, get_or_build, seed_everything, train
-from utils.data import load_corpus, load_sentiment
+from utils.data import load_corpus, load_sentiment, split_digest
 from utils.hardware import preset as device_preset
 from utils.models import bert_config
 
@@ -35,6 +37,14 @@ class PretrainSettings:
     in_domain: bool = True          # add the unlabelled sentiment *training* sentences to the corpus
     validation_blocks: int = 512    # of WikiText-2 validation, masked once, scored at each evaluation
     evaluations: int = 5
+
+    def __post_init__(self):        # a wrong recipe fails here, not after the tokenizer has trained
+        if not 0 < self.mask_probability < 1:
+            raise ValueError(f"mask_probability is the share of tokens to mask: give a number between 0 and 1 "
+                             f"(BERT: 0.15), got {self.mask_probability!r}")
+        if self.vocab_size <= 5 or self.steps < 1 or self.block_size < 3:
+            raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and "
+                             f"block_size >= 3 ([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
 
 
 SETTINGS = {"cpu": PretrainSettings(),
@@ -86,6 +96,8 @@ def readable(token: str) -> str:
 def train_wordpiece(lines: list[str], vocab_size: int = 8_000, min_frequency: int = 2, max_length: int = 128):
     """A lowercasing WordPiece tokenizer trained on `lines`, as a transformers fast tokenizer. Deterministic:
     the vocabulary comes from `continuation_bpe`, and ids are numbered canonically (specials, then sorted)."""
+    if not any(isinstance(line, str) and line.strip() for line in lines):
+        raise ValueError("train_wordpiece needs text to learn from: give a list of non-empty lines (got none)")
     normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     bpe = continuation_bpe(lines, vocab_size, min_frequency, normalizer, splitter)
     learned = sorted({readable(t) for t in bpe.get_vocab()} - set(SPECIAL_TOKENS))
@@ -106,6 +118,10 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, vocab_size: int,
     """BERT's masking. Choose `probability` of the tokens (never special ones or padding); of those,
     80% become [MASK], 10% a random token, 10% stay as they are. Returns (inputs, labels), with
     labels = -100 (ignored by the loss) everywhere except the chosen positions."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"probability is the share of tokens to choose: give a number between 0 and 1 "
+                         f"(BERT: 0.15), got {probability!r}")
+
     def coin(p):
         return torch.rand(input_ids.shape, generator=generator) < p
     chosen = coin(probability) & ~special
@@ -200,29 +216,38 @@ def masked_lm_scores(model, inputs: torch.Tensor, labels: torch.Tensor, batch_si
     return {"loss": loss, "accuracy": correct / count, "perplexity": math.exp(loss)}
 
 
-def training_folder(settings: PretrainSettings) -> Path:
-    """Where `pretrain` keeps its training checkpoints: one folder per recipe, under the artifact cache."""
-    digest = hashlib.sha256(repr(sorted(asdict(settings).items())).encode()).hexdigest()[:10]
+def inputs_identity(text: list[str], validation_lines: list[str], tokenizer) -> dict[str, str]:
+    """What a run is made from besides its settings: the text it trains and validates on, the vocabulary.
+    Checkpoints are keyed on it, so another corpus (FROM_ZERO_CORPUS) never resumes this one's weights."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    return {"training text sha256": split_digest(text), "validation text sha256": split_digest(validation_lines),
+            "vocabulary sha256": hashlib.sha256(vocabulary).hexdigest()}
+
+
+def training_folder(settings: PretrainSettings, inputs: dict[str, str]) -> Path:
+    """Where `pretrain` keeps its training checkpoints: one folder per recipe and inputs, in the artifact cache."""
+    digest = hashlib.sha256(json.dumps([asdict(settings), inputs], sort_keys=True).encode()).hexdigest()[:10]
     return cache_root() / "training" / f"mlm-{settings.model}-{digest}"
 
 
 def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **train_options: Any) -> dict[str, Any]:
     """Returns {"model" (BertForMaskedLM), "tokenizer", "history", "validation" (inputs, labels), "blocks"}.
     `train_options` go to utils.train (progress, live_plot, device, checkpoint_dir=None to turn checkpoints off)."""
-    train_options.setdefault("checkpoint_dir", training_folder(settings))
-    text = corpus(settings)
+    text, validation_lines = corpus(settings), load_corpus("validation")
     if tokenizer is None:
         tokenizer = train_wordpiece(text, vocab_size=settings.vocab_size, max_length=settings.block_size)
+    inputs = inputs_identity(text, validation_lines, tokenizer)
+    train_options.setdefault("checkpoint_dir", training_folder(settings, inputs))
     generator = seed_everything(settings.seed)
     blocks = pack_blocks(text, tokenizer, settings.block_size)
     validation = [part[:settings.validation_blocks] for part in
-                  fixed_masked_set(load_corpus("validation"), tokenizer, settings, seed=settings.seed + 1)]
+                  fixed_masked_set(validation_lines, tokenizer, settings, seed=settings.seed + 1)]
     model = new_model(settings, tokenizer)
     history = train(MaskedOnlyMLM(model), masked_batches(blocks, tokenizer, settings, generator),
                     steps=settings.steps, lr=settings.lr, warmup=settings.warmup, schedule="linear",
                     metrics=lambda m: {f"validation {k}": v for k, v in masked_lm_scores(m, *validation).items()},
                     monitor="validation loss", eval_every=max(1, settings.steps // settings.evaluations),
-                    callbacks=callbacks, **{"desc": "MLM pretraining", **train_options})
+                    callbacks=callbacks, inputs=inputs, **{"desc": "MLM pretraining", **train_options})
     return {"model": model, "tokenizer": tokenizer, "history": history, "validation": validation, "blocks": blocks}
 
 
@@ -258,6 +283,22 @@ def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: b
     def build(folder: Path) -> None:
         trained = result if result is not None else pretrain(settings, **{"progress": True, **train_options})
         save_pretrained_mlm(trained, folder, settings)
-    version = "1:" + ",".join(f"{k}={v}" for k, v in asdict(settings).items())
+    version = json.dumps({"recipe": 2, **asdict(settings), **text_identity(settings)}, sort_keys=True)
     return get_or_build(f"mini-bert-mlm-{settings.model}-{settings.steps}", build, version=version,
                         rebuild=rebuild or result is not None)
+
+
+def text_identity(settings: PretrainSettings) -> dict[str, str]:
+    """The digests of the text a recipe reads (with its tokenizer, trained from that text): the artifact
+    is keyed on them, so switching FROM_ZERO_CORPUS or FROM_ZERO_SENTIMENT rebuilds it with a warning.
+    Remembered per process (chapter 05 asks for the artifact once per run) until a source changes."""
+    def stamp(env: str) -> tuple:
+        path = Path(os.environ.get(env, "offline")).expanduser()
+        return (str(path), path.stat().st_mtime_ns if path.exists() else None)
+    return dict(_text_identity(settings, stamp("FROM_ZERO_CORPUS"), stamp("FROM_ZERO_SENTIMENT")))
+
+
+@functools.lru_cache(maxsize=8)
+def _text_identity(settings: PretrainSettings, *sources: tuple) -> tuple:
+    return (("training text sha256", split_digest(corpus(settings))),
+            ("validation text sha256", split_digest(load_corpus("validation"))))

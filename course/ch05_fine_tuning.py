@@ -18,9 +18,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from utils import CheckpointError, History, add_to_class, evaluating, get_or_build, load_module, save_module
 from utils import pick_device, seed_everything, train
 from course.ch04_pretraining import pretrained_mini_bert
-from utils.data import load_behaviour_set, load_sentiment
+from utils.data import load_behaviour_set, load_sentiment, sentiment_fingerprint
 from utils.hardware import preset as device_preset
-from utils.models import load_pretrained, load_pretrained_tokenizer, quiet_transformers
+from utils.models import load_pretrained, load_pretrained_tokenizer, model_identity, quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -426,17 +426,23 @@ def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.nd
 
 
 def predict(model: nn.Module, tokenizer, text: str | Sequence[str], max_length: int = 64) -> dict | list[dict]:
-    """{"label": "positive" | "negative", "probability": p, "text": text} for one text or a list."""
+    """{"label": "positive" | "negative", "probability": p, "text": text, "truncated": bool} for one text or a
+    list. A text longer than `max_length` tokens is cut there (the model reads its beginning only)."""
     texts = [text] if isinstance(text, str) else list(text)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
         raise ValueError("predict needs non-empty text")
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise ValueError(f"max_length={max_length} is more than the model's {positions} positions: use "
+                         f"max_length <= {positions} (longer texts are cut there)")
     device = next(model.parameters()).device
+    cut = [len(ids) > max_length for ids in tokenizer(texts)["input_ids"]]
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     with evaluating(model), torch.inference_mode():
         probs = torch.softmax(model(input_ids=encoded["input_ids"].to(device),
                                     attention_mask=encoded["attention_mask"].to(device)).logits.float(), -1).cpu()
-    rows = [{"text": t, "label": LABELS[int(p.argmax())], "probability": float(p.max()), "p_positive": float(p[1])}
-            for t, p in zip(texts, probs)]
+    rows = [{"text": t, "label": LABELS[int(p.argmax())], "probability": float(p.max()), "p_positive": float(p[1]),
+             "truncated": c} for t, p, c in zip(texts, probs, cut)]
     return rows[0] if isinstance(text, str) else rows
 
 
@@ -488,8 +494,8 @@ def teacher_settings(preset: str | None = None) -> FinetuneSettings:
 def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] | None = None,
             rebuild: bool = False, **train_options: Any) -> Path:
     """The folder of the fine-tuned all-MiniLM-L6-v2 ("teacher"); `load_classifier` opens it. A cached
-    teacher is used as it is (its classifier.json says how it was trained); if there is none, it is
-    trained now with `settings` (default: this chapter's full-data recipe). result: a
+    teacher made with the same recipe from the same data and encoder is used as it is (its classifier.json
+    says how it was trained); if there is none, it is trained now with `settings` (default: this chapter's full-data recipe). result: a
     `run(..., keep_model=True)` row to store instead (this chapter stores its own run)."""
     settings = settings or teacher_settings()
 
@@ -502,4 +508,8 @@ def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] 
         save_classifier(row["model"], load_tokenizer("MiniLM"), folder,
                         {"settings": {**asdict(settings), **used}, "test accuracy": row["test accuracy"],
                          "validation accuracy": row["validation accuracy"]})
-    return get_or_build("teacher", build, version="1", rebuild=rebuild or result is not None)
+    # keyed by the recipe *and* what it was made from: other sentences (FROM_ZERO_SENTIMENT) or another
+    # encoder (FROM_ZERO_MODEL) rebuild the teacher, with a warning saying which, never reuse this one
+    made_from = {"recipe": 2, **asdict(settings), **sentiment_fingerprint(load_sentiment()), "model": model_identity()}
+    return get_or_build("teacher", build, version=json.dumps(made_from, sort_keys=True),
+                        rebuild=rebuild or result is not None)

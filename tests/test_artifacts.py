@@ -1,3 +1,4 @@
+import json
 import threading
 import time
 
@@ -52,6 +53,18 @@ def test_a_new_version_or_rebuild_builds_again(cache_dir):
         get_or_build("toy", counting_build(calls), version="2")
     get_or_build("toy", counting_build(calls), version="2", rebuild=True)
     assert len(calls) == 3
+
+
+def test_an_artifact_made_from_other_inputs_is_rebuilt_and_the_warning_names_what_changed(cache_dir):
+    calls = []
+    made = {"steps": 10, "corpus sha256": "6707892fa3788b5ab9ed"}
+    get_or_build("toy", counting_build(calls), version=json.dumps(made))
+    get_or_build("toy", counting_build(calls), version=json.dumps(made))
+    assert len(calls) == 1
+    with pytest.warns(UserWarning, match=r"rebuilding .*toy: out of date \(made from corpus sha256 6707892fa378…, "
+                                         r"now 1234\)$"):
+        get_or_build("toy", counting_build(calls), version=json.dumps({**made, "corpus sha256": "1234"}))
+    assert len(calls) == 2
 
 
 def test_a_failed_build_leaves_nothing_that_looks_valid(cache_dir):

@@ -126,6 +126,15 @@ def test_predict_mistakes_and_behaviour(tokenizer):
     assert len(predict(model, tokenizer, ["a", "b c"])) == 2
     with pytest.raises(ValueError, match="non-empty"):
         predict(model, tokenizer, "  ")
+
+
+def test_predict_cuts_long_texts_at_max_length_and_refuses_more_than_the_positions(tokenizer):
+    model = tiny_classifier(tokenizer)                       # 64 positions
+    long = " ".join(["a good film"] * 130)                   # about 400 tokens
+    rows = predict(model, tokenizer, [long, "a good film"])
+    assert [r["truncated"] for r in rows] == [True, False]
+    with pytest.raises(ValueError, match=r"max_length=400 is more than the model's 64 positions: use max_length <= 64"):
+        predict(model, tokenizer, long, max_length=400)
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.99, 0.01]])
     worst = confident_mistakes(["a", "b", "c", "d"], [1, 1, 0, 1], probs, k=2)
     assert [m["text"] for m in worst] == ["d", "a"] and worst[0]["predicted"] == "negative"
@@ -165,6 +174,25 @@ def test_teacher_stores_a_given_run_and_reuses_it(tmp_path, monkeypatch, tokeniz
     assert (folder / "classifier.json").is_file()
     monkeypatch.setattr(finetune, "run", lambda *a, **k: pytest.fail("a cached teacher must not be trained again"))
     assert finetune.teacher() == folder
+
+
+def test_other_sentences_rebuild_the_teacher_with_a_warning_never_reuse_it(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setenv("FROM_ZERO_CACHE", str(tmp_path))
+    monkeypatch.setattr(finetune, "load_tokenizer", lambda arm, mini_bert=None: tokenizer)
+    row = {"model": tiny_classifier(tokenizer), "lr": 1e-4, "seed": 0, "steps": 5, "batch": 4,
+           "test accuracy": 0.5, "validation accuracy": 0.5}
+    folder = finetune.teacher(result=row)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("text,label\n" + "".join(f"film number {i} was {'good' if i % 2 else 'bad'},{i % 2}\n"
+                                             for i in range(40)))
+    monkeypatch.setenv("FROM_ZERO_SENTIMENT", str(mine))
+    trained = []
+    monkeypatch.setattr(finetune, "run", lambda *a, **k: trained.append(1) or row)
+    with pytest.warns(UserWarning, match=r"rebuilding .*teacher: out of date \(made from test sha256 .*, now .*"
+                                         r"train sha256 .*validation sha256"):
+        assert finetune.teacher() == folder
+    assert trained == [1]
+    assert finetune.teacher() == folder and trained == [1]   # and then reused
 
 
 def test_experiment_settings_and_bad_names():

@@ -143,6 +143,21 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert history.resumed_from is None and checkpoint_steps(tmp_path)[-1] == 30
 
 
+def test_a_checkpoint_trained_from_other_inputs_is_refused_not_resumed(tmp_path):
+    """Same settings, other data: the finished checkpoint must not come back as if it were this run's."""
+    run(tmp_path, inputs={"data sha256": "aaaa1111", "model": "tiny"})
+    again, _ = run(tmp_path, inputs={"data sha256": "aaaa1111", "model": "tiny"})
+    assert again.resumed_from == 30
+    with pytest.raises(CheckpointError, match=r"step-000030 was trained from other inputs \(data sha256 aaaa1111 -> "
+                                              r"bbbb2222\).*resume=False to start over, or use another checkpoint_dir"):
+        run(tmp_path, inputs={"data sha256": "bbbb2222", "model": "tiny"})
+    run(tmp_path / "plain", steps=2)                           # written without saying what its inputs were
+    with pytest.raises(CheckpointError, match=r"other inputs \(data sha256 \(none\) -> aaaa1111, model \(none\) -> tiny"):
+        run(tmp_path / "plain", steps=2, inputs={"data sha256": "aaaa1111", "model": "tiny"})
+    with pytest.raises(ValueError, match="inputs must map names to strings"):
+        train(Classifier(), xor_data(8), steps=1, inputs=["data.csv"], **QUIET)
+
+
 def test_a_callback_can_pause_training_and_a_rerun_continues(tmp_path):
     reference, _ = run()
     paused, _ = run(tmp_path, callbacks=[lambda step, h: step == 14])
@@ -300,6 +315,38 @@ def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
     with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):
         train(model, [torch.zeros(1)], steps=10, **QUIET)
     assert torch.isfinite(model.w).all() and model.w.grad is None
+
+
+def test_on_a_gpu_a_nan_step_is_skipped_on_the_device_and_reported_with_its_step(monkeypatch):
+    """The GPU path, run on the CPU: no .item() per step; the fused AdamW skips the bad step and every
+    later one (found_inf on the device), and the read-back at log_every names the step."""
+    import utils.loop
+    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("no per-step sync on the guarded path"))
+    reference = NanAt(0)
+    train(reference, [torch.zeros(1)], steps=2, schedule="constant", **QUIET)       # two good steps
+    model = NanAt(3)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):
+        train(model, [torch.zeros(1)], steps=10, log_every=10, schedule="constant", **QUIET)
+    assert model.calls == 10                                   # it ran on to the read-back, without updates
+    assert torch.equal(model.w, reference.w)
+
+
+def test_on_a_gpu_an_infinite_gradient_with_a_finite_loss_is_reported_too(monkeypatch):
+    import utils.loop
+    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())
+
+    class InfGrad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return torch.sqrt(self.w - 1)                      # 0 at w = 1, with an infinite slope
+    model = InfGrad()
+    with pytest.raises(FloatingPointError, match="gradient norm became (inf|nan) at step 1"):
+        train(model, [torch.zeros(1)], steps=4, **QUIET)
+    assert model.w.item() == 1.0
 
 
 def test_early_stopping_needs_something_to_watch():

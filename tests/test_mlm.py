@@ -5,7 +5,8 @@ from transformers import BertForMaskedLM
 
 from course.ch04_pretraining import (SPECIAL_TOKENS, MaskedOnlyMLM, PretrainSettings, mask_tokens, masked_lm_scores,
                                      new_model, pack_blocks, pretrain, pretrained_mini_bert, settings_for,
-                                     special_mask, train_wordpiece, training_folder, unigram_baseline)
+                                     special_mask, text_identity, train_wordpiece, unigram_baseline)
+from utils.checkpoint import CheckpointError
 from utils.data import load_corpus
 
 
@@ -87,7 +88,8 @@ def test_pretraining_checkpoints_and_a_second_run_restores_instead_of_retraining
     settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=4,
                                 validation_blocks=8, evaluations=2, in_domain=False)
     first = pretrain(settings, tokenizer, progress=False)
-    assert any(training_folder(settings).glob("step-*")) and training_folder(settings).is_relative_to(cache_dir)
+    folders = list((cache_dir / "training").glob("mlm-tiny-*"))
+    assert len(folders) == 1 and any(folders[0].glob("step-*"))
     second = pretrain(settings, tokenizer, progress=False)
     assert second["history"].resumed_from == 4 and second["history"].losses == first["history"].losses
     for a, b in zip(first["model"].state_dict().values(), second["model"].state_dict().values()):
@@ -102,3 +104,52 @@ def test_wordpiece_training_is_deterministic():
     encoded = first("The lobster is a species.")["input_ids"]
     assert encoded[0] == first.cls_token_id and encoded[-1] == first.sep_token_id
     assert first.decode(encoded, skip_special_tokens=True) == "the lobster is a species."
+
+
+def test_another_corpus_never_resumes_or_reuses_this_corpus_weights(cache_dir, tmp_path, monkeypatch, tokenizer):
+    settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=2,
+                                validation_blocks=8, evaluations=1, in_domain=False)
+    first = pretrain(settings, tokenizer, progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"a different corpus, line {i}, about films and books" for i in range(400)))
+    monkeypatch.setenv("FROM_ZERO_CORPUS", str(other))
+    second = pretrain(settings, tokenizer, progress=False)
+    assert second["history"].resumed_from is None and second["history"].steps_done == 2
+    assert len(list((cache_dir / "training").glob("mlm-tiny-*"))) == 2
+    assert not torch.equal(first["model"].cls.predictions.bias, second["model"].cls.predictions.bias) or \
+        first["history"].losses != second["history"].losses
+    # an explicit checkpoint_dir holding the first corpus's run is refused, with the folder and the fix
+    monkeypatch.delenv("FROM_ZERO_CORPUS")
+    pretrain(settings, tokenizer, progress=False, checkpoint_dir=tmp_path / "mine")
+    monkeypatch.setenv("FROM_ZERO_CORPUS", str(other))
+    with pytest.raises(CheckpointError, match=r"mine/step-000002 was trained from other inputs \(training text "
+                                              r"sha256 .*resume=False"):
+        pretrain(settings, tokenizer, progress=False, checkpoint_dir=tmp_path / "mine")
+
+
+def test_the_artifact_is_rebuilt_with_a_warning_when_the_corpus_changes(cache_dir, tmp_path, monkeypatch):
+    settings = PretrainSettings(model="tiny", vocab_size=300, block_size=32, batch_size=8, steps=1,
+                                validation_blocks=8, evaluations=1, in_domain=False)
+    monkeypatch.setenv("FROM_ZERO_CORPUS", str(tmp_path / "a.txt"))
+    (tmp_path / "a.txt").write_text("\n".join(f"the first corpus says {i} things about films" for i in range(300)))
+    folder = pretrained_mini_bert(settings, progress=False)
+    before = text_identity(settings)
+    monkeypatch.setenv("FROM_ZERO_CORPUS", str(tmp_path / "b.txt"))
+    (tmp_path / "b.txt").write_text("\n".join(f"a second corpus tells {i} stories of books" for i in range(300)))
+    assert text_identity(settings) != before
+    with pytest.warns(UserWarning, match=r"rebuilding .*: out of date \(made from training text sha256 .*, now "):
+        assert pretrained_mini_bert(settings, progress=False) == folder
+
+
+def test_bad_tokenizer_text_and_masking_rates_fail_at_the_door():
+    with pytest.raises(ValueError, match="train_wordpiece needs text to learn from"):
+        train_wordpiece([])
+    with pytest.raises(ValueError, match="train_wordpiece needs text"):
+        train_wordpiece(["", "   "])
+    ids = torch.arange(10).view(1, 10)
+    with pytest.raises(ValueError, match="probability is the share of tokens to choose: .*got 1.5"):
+        mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), 10, 4, probability=1.5)
+    with pytest.raises(ValueError, match="mask_probability is the share of tokens to mask: .*got 1.5"):
+        PretrainSettings(mask_probability=1.5)
+    with pytest.raises(ValueError, match="vocab_size must exceed the 5 special tokens"):
+        settings_for("cpu", vocab_size=3)

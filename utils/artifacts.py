@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from filelock import FileLock
 
@@ -87,7 +87,7 @@ def _problem(folder: Path, version: str | None) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return "incomplete (no readable artifact.json)"
     if version is not None and manifest.get("version") != version:
-        return f"out of date (version {manifest.get('version')!r}, wanted {version!r})"
+        return f"out of date ({_version_change(manifest.get('version'), version)})"
     for relative, digest in files.items():
         path = folder / relative
         if not path.is_file():
@@ -95,6 +95,22 @@ def _problem(folder: Path, version: str | None) -> str | None:
         if sha256_file(path) != digest:
             return f"corrupt ({relative} does not match its checksum)"
     return None
+
+
+def _version_change(old: Any, new: str) -> str:
+    """What differs between two versions; for JSON objects (settings and inputs), only the changed keys."""
+    try:
+        before, after = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        before = after = None
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return f"version {old!r}, wanted {new!r}"
+
+    def short(value: Any) -> str:
+        text = "(none)" if value is None else str(value)
+        return text if len(text) <= 14 else text[:12] + "…"
+    changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+    return "made from " + ", ".join(f"{k} {short(before.get(k))}, now {short(after.get(k))}" for k in changed)
 
 
 def sha256_file(path: Path) -> str:

@@ -254,6 +254,14 @@ def split_digest(texts: list[str]) -> str:
     return _sha256_bytes("\n".join(texts).encode("utf-8"))
 
 
+def sentiment_fingerprint(data) -> dict[str, str]:
+    """sha256 of each split's (label, text) rows: what a result trained or measured on `data` was made
+    from. Chapters key their cached results on it, so other data never get another data's results."""
+    return {f"{name} sha256": _sha256_bytes("\n".join(f"{label}\t{text}" for text, label in
+                                                     zip(part["text"], part["label"])).encode("utf-8"))
+            for name, part in sorted(data.items())}
+
+
 def load_sentiment(source: str | None = None, seed: int = 0):
     """Binary sentiment (text, label: 0 negative, 1 positive) as a DatasetDict with train/validation/test.
 

@@ -63,6 +63,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # default: at every evaluation, else 10 per run
     keep: int = 2                       # newest checkpoints kept on disk
     resume: bool = True                 # continue from checkpoint_dir's newest checkpoint
+    inputs: Mapping[str, str] | None = None  # what the data/model were made from (e.g. a corpus sha256):
+                                        # a checkpoint written from other inputs is refused, not resumed
     device: str | None = None           # None: cuda → mps → cpu (see utils.hardware)
     amp: bool = True                    # mixed precision where the device supports it
     log_every: int = 10                 # steps between reading losses back from the device
@@ -90,6 +92,9 @@ class TrainConfig:
         for name in ("eval_every", "patience", "checkpoint_every", "log_every", "keep"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and value >= 1), f"{name} must be an int >= 1, got {value!r}")
+        need(self.inputs is None or (isinstance(self.inputs, Mapping) and
+                                     all(isinstance(k, str) and isinstance(v, str) for k, v in self.inputs.items())),
+             f"inputs must map names to strings (e.g. {{'corpus sha256': '…'}}), got {self.inputs!r}")
         need(self.checkpoint_dir is None or not Path(self.checkpoint_dir).exists() or Path(self.checkpoint_dir).is_dir(),
              f"checkpoint_dir {str(self.checkpoint_dir)!r} is a file, not a folder: give a folder path "
              f"(it is created if missing), or checkpoint_dir=None for no checkpoints")
@@ -101,7 +106,8 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
         keys = ("steps", "lr", "weight_decay", "schedule", "warmup", "grad_accum", "clip")
-        return {k: getattr(self, k) for k in keys}
+        found = {k: getattr(self, k) for k in keys}
+        return found if self.inputs is None else {**found, "inputs": dict(self.inputs)}
 
 
 @dataclass
@@ -340,6 +346,11 @@ def _write_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[
         shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
 
 
+def _short(value: Any) -> str:
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= 14 else text[:12] + "…"
+
+
 def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dict[str, Any] | None:
     """Load the newest checkpoint's weights into `model` and return its trainer state (None if none)."""
     steps = checkpoint_steps(directory)
@@ -354,10 +365,17 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dic
         state = load_state(last / "trainer_state.safetensors")
     except CheckpointError as exc:
         raise unreadable(exc) from None
-    if state["config"] != cfg.fingerprint():
-        changed = [k for k, v in state["config"].items() if v != getattr(cfg, k)]
-        was = ", ".join(f"{k}={state['config'][k]!r}" for k in changed)
-        now = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed)
+    saved, wanted = state["config"], cfg.fingerprint()
+    if saved.get("inputs") != wanted.get("inputs"):
+        old, new = saved.get("inputs") or {}, wanted.get("inputs") or {}
+        changed = ", ".join(f"{k} {_short(old.get(k))} -> {_short(new.get(k))}"
+                            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+        raise CheckpointError(f"{last} was trained from other inputs ({changed}): its weights do not belong "
+                              f"to this data; pass resume=False to start over, or use another checkpoint_dir")
+    changed = [k for k in sorted(saved.keys() | wanted.keys()) if k != "inputs" and saved.get(k) != wanted.get(k)]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={wanted.get(k)!r}" for k in changed)
         raise CheckpointError(f"{last} was written with {was}, but this run has {now}: pass "
                               f"resume=False to start over, or use another checkpoint_dir")
     try:  # only now, so that a refused resume leaves the model as it was
@@ -379,17 +397,21 @@ class _Run:
     history: History = field(default_factory=History)
     stale: int = 0                              # evaluations without improvement
     best_weights: dict | None = None            # weights at the best evaluation (restore_best)
+    skip: torch.Tensor | None = None            # on the device: 1 once a step was not finite (see _guarded)
 
     @classmethod
     def start(cls, model: nn.Module, train_data: Iterable, cfg: TrainConfig, optimizer: torch.optim.Optimizer | None,
               device: torch.device, dtype: torch.dtype | None) -> "_Run":
+        guarded = optimizer is None and _guarded(device, dtype)
         if optimizer is None:
-            optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+            optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                          **({"fused": True} if guarded else {}))
         warmup = cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_multiplier(s, steps=cfg.steps, warmup_steps=warmup, schedule=cfg.schedule))
         scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
-        return cls(cfg, optimizer, scheduler, scaler, _Batches(train_data, "train_data"))
+        return cls(cfg, optimizer, scheduler, scaler, _Batches(train_data, "train_data"),
+                   skip=torch.zeros((), device=device) if guarded else None)
 
     def state(self, train_data: Iterable) -> dict[str, Any]:
         return {"config": self.cfg.fingerprint(), "history": self.history.to_dict(),
@@ -425,13 +447,27 @@ class _Run:
         return cfg.patience is not None and self.stale >= cfg.patience
 
 
+# Device types where the loss is read back at every step (free on the CPU). Elsewhere reading it would make
+# the host wait for the device at every step, so a flag on the device gates the update instead (_guarded).
+READ_LOSS_EACH_STEP = ("cpu",)
+
+
+def _guarded(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Whether a non-finite step is caught on the device without a sync: the default AdamW, fused, skips
+    its update (weights, moments and step count untouched) while `found_inf` is 1, as it does for a
+    gradient scaler. With fp16 the GradScaler owns that flag and skips overflowing steps itself."""
+    return device.type not in READ_LOSS_EACH_STEP and device.type in ("cuda", "cpu", "mps") \
+        and not needs_grad_scaler(dtype)
+
+
 def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], device: torch.device,
                     autocast: Callable[[], contextlib.AbstractContextManager],
                     step: int) -> tuple[torch.Tensor, float, Any]:
     """One optimizer step: `grad_accum` forward and backward passes, clipping, the update, the schedule.
     Returns (mean loss, still on the device; the step's learning rate; the gradient norm or None).
     On the CPU a loss that is not finite stops training here, before it reaches the weights (reading it
-    costs nothing there); on a GPU it is caught when the losses are read back (`log_every`)."""
+    costs nothing there). On a GPU the step is skipped on the device, and so is every later one, until
+    the losses are read back (`log_every`), which stops training with the step where it happened."""
     cfg = run.cfg
     lr = run.scheduler.get_last_lr()[0]
     total = torch.zeros((), device=device)
@@ -439,7 +475,7 @@ def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], dev
         batch = to_device(run.batches.next(), device)
         with autocast():
             loss = loss_of(forward(model, batch))
-        if device.type == "cpu" and not math.isfinite(loss.item()):
+        if run.skip is None and device.type == "cpu" and not math.isfinite(loss.item()):
             run.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}), "
                                      f"add warmup, or keep clip on; the weights are those before this step")
@@ -449,6 +485,10 @@ def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], dev
     if cfg.clip is not None:
         run.scaler.unscale_(run.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+    if run.skip is not None:                    # no .item(): the fused AdamW reads the flag on the device
+        bad = ~torch.isfinite(total) if grad_norm is None else ~(torch.isfinite(total) & torch.isfinite(grad_norm))
+        torch.maximum(run.skip, bad.float(), out=run.skip)
+        run.optimizer.grad_scale, run.optimizer.found_inf = None, run.skip
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
@@ -472,8 +512,8 @@ class _LossLog:
     """Losses stay on the device until `flush` reads them back in one go: reading every step would
     make the CPU wait for the GPU at every step."""
 
-    def __init__(self, history: History, bar: Any, cfg: TrainConfig):
-        self.history, self.bar, self.cfg = history, bar, cfg
+    def __init__(self, history: History, bar: Any, cfg: TrainConfig, guarded: bool = False):
+        self.history, self.bar, self.cfg, self.guarded = history, bar, cfg, guarded
         self.pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []
 
     def add(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None) -> None:
@@ -486,9 +526,12 @@ class _LossLog:
         norms = ([None] * len(self.pending) if self.cfg.clip is None
                  else torch.stack([p[3] for p in self.pending]).float().tolist())
         for (step, _, lr, _), loss, norm in zip(self.pending, values, norms):
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at step {step}: lower lr (now {self.cfg.lr}), "
-                                         f"add warmup, or keep clip on")
+            what = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm) \
+                if self.guarded and norm is not None and not math.isfinite(norm) else None
+            if what is not None:
+                kept = "; the weights are those before this step" if self.guarded else ""
+                raise FloatingPointError(f"the {what[0]} became {what[1]} at step {step}: lower lr (now "
+                                         f"{self.cfg.lr}), add warmup, or keep clip on{kept}")
             self.history.train.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm})
         self.pending.clear()
         self.bar.set_postfix(loss=f"{self.history.train[-1]['loss']:.4f}", refresh=False)
@@ -547,7 +590,7 @@ def _loop(model: nn.Module, run: _Run, train_data: Iterable, eval_data: Iterable
     # mininterval: a notebook bar sends a kernel message per redraw; twice a second is live enough
     with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress,
               dynamic_ncols=True, unit="step", mininterval=0.5) as bar:
-        log = _LossLog(history, bar, cfg)
+        log = _LossLog(history, bar, cfg, guarded=run.skip is not None)
         try:
             while step < cfg.steps:
                 step += 1

@@ -14,6 +14,7 @@ laptop CPU ("tiny", "mini") and a GPU ("small"). Their vocabulary is the course'
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -80,6 +81,18 @@ def pretrained_source(source: str | None = None, weights: bool = True) -> str:
                 "; save the model there with save_pretrained, or copy its model.safetensors"))
         return str(path)
     return source
+
+
+def model_identity(source: str | None = None) -> str:
+    """What a result built on the pretrained encoder was made from: a local folder's name and the sha256
+    of its weights (the offline default is such a folder), or a hub id as given (the hub's files can
+    change under the same id, which this cannot see)."""
+    from .artifacts import sha256_file
+    where = pretrained_source(source)
+    path = Path(where)
+    if path.is_dir():
+        return f"{path.name} " + "+".join(sha256_file(p)[:16] for p in sorted(path.glob("*.safetensors")))
+    return where
 
 
 def _silence_transformers() -> None:
