@@ -7,13 +7,16 @@ KERNEL      ?= from-zero
 LAB_ARGS    ?=
 PYTEST_ARGS ?=
 PORT        ?= 8000
+E2E_ARGS    ?=
+OLDEST_VENV ?= .venv-oldest
+OLDEST_CHAPTER ?= 04_pretraining
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install data lab test run-all export bench serve clean
+.PHONY: help install data lab test run-all export bench serve e2e test-oldest clean
 
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
@@ -23,6 +26,8 @@ help:
 	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
 	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
 	@echo "make serve    serve chapter 08's model on http://127.0.0.1:$(PORT) (FROM_ZERO_SERVE=student|teacher|folder)"
+	@echo "make e2e      run chapter 00 in JupyterLab in headless Chromium through the UI, check it, screenshot it"
+	@echo "make test-oldest  unit tests + chapter $(OLDEST_CHAPTER) with the oldest library releases requirements.txt admits"
 	@echo "make clean    delete .venv, the build-on-demand cache checkpoints/ and the data cache data/cache/"
 
 # The stamp makes a second `make lab` / `make test` skip the install; editing a requirements file redoes it.
@@ -54,6 +59,7 @@ test: $(STAMP) data
 run-all: $(STAMP) data
 	$(BIN)/python tools/export.py
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+	$(BIN)/python tools/tested_with.py
 
 # Standard library only: runs before (or without) the install.
 export:
@@ -66,5 +72,20 @@ bench: $(STAMP)
 serve: $(STAMP) data
 	$(BIN)/uvicorn course.ch08_deployment:app --host 127.0.0.1 --port $(PORT)
 
+# JupyterLab in a real browser. Installs the playwright package here and, as root, Debian's chromium
+# (never `playwright install`: it downloads a browser); without a browser it says so and skips.
+e2e: $(STAMP) data
+	$(BIN)/python -m pip install --quiet --progress-bar off $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) "playwright>=1.40,<2"
+	$(BIN)/python tools/e2e_lab.py --install $(E2E_ARGS)
+
+# The oldest releases the ranges admit (tools/oldest.py), in their own environment: unit tests and one chapter.
+test-oldest: data
+	@mkdir -p build
+	$(PYTHON) tools/oldest.py > build/constraints-oldest.txt
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c build/constraints-oldest.txt -e ".[dev]"
+	$(OLDEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(torch|transformers|datasets|tokenizers|accelerate|peft|huggingface.hub) "
+	FROM_ZERO_CACHE=$(CURDIR)/build/oldest-cache $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests chapters/$(OLDEST_CHAPTER).ipynb
+
 clean:
-	rm -rf $(VENV) checkpoints data/cache
+	rm -rf $(VENV) $(OLDEST_VENV) build checkpoints data/cache

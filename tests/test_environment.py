@@ -69,3 +69,45 @@ def test_the_libraries_the_chapters_import_are_required():
     pip = requirements("requirements.txt")
     for name in ("torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "safetensors"):
         assert name in pip, f"{name} is imported by a chapter but missing from requirements.txt"
+
+
+def _tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_test_oldest_pins_each_hugging_face_library_to_its_lower_bound_and_keeps_the_torch_pin():
+    oldest = _tool("oldest")
+    text = oldest.constraints((ROOT / "requirements.txt").read_text(), (ROOT / "constraints.txt").read_text())
+    pins = dict(line.split("==") for line in text.splitlines())
+    reqs = requirements("requirements.txt")
+    for name in oldest.OLDEST:
+        assert pins[name] in reqs[name].specifier, f"{name}=={pins[name]} is outside {reqs[name]}"
+    assert pins["torch"] == "2.13.0"
+    import pytest
+    with pytest.raises(SystemExit, match="no '>=' lower bound for peft"):
+        oldest.constraints("transformers>=5.0\ndatasets>=4.0\ntokenizers>=0.22\naccelerate>=1.1\npeft\n", "")
+
+
+def test_the_readme_tested_with_line_is_written_from_the_environment():
+    tested = _tool("tested_with")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(tested.START) == 1 and readme.count(tested.END) == 1
+    now = tested.line()
+    assert f"torch {metadata.version('torch')}" in now and f"transformers {metadata.version('transformers')}" in now
+    rewritten = tested.rewrite(readme, now)
+    assert f"{tested.START}{now}{tested.END}" in rewritten and rewritten.count("Tested with Python") == 1
+    written = readme.split(tested.START)[1].split(tested.END)[0]
+    assert written.startswith("Tested with Python ") and "torch " in written, "run tools/tested_with.py"
+
+
+def test_e2e_skips_with_a_message_without_a_browser_and_refuses_a_notebook_outside_chapters(monkeypatch, capsys):
+    e2e = _tool("e2e_lab")
+    monkeypatch.setenv("FROM_ZERO_CHROMIUM", "/nonexistent/chromium")
+    assert e2e.main([]) == 0
+    assert "e2e skipped: no Chromium here" in capsys.readouterr().out
+    assert e2e.main(["--notebook", "README.md"]) == 2
+    assert "is not a notebook in chapters/" in capsys.readouterr().err

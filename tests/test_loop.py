@@ -332,6 +332,15 @@ def test_on_a_gpu_a_nan_step_is_skipped_on_the_device_and_reported_with_its_step
     assert torch.equal(model.w, reference.w)
 
 
+def test_a_cpu_checkpoint_resumes_on_the_guarded_gpu_path(tmp_path, monkeypatch):
+    reference, _ = run()
+    run(tmp_path, callbacks=[lambda step, h: step == 14])       # written with the plain AdamW
+    import utils.loop
+    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())   # resumed with the fused one
+    resumed, _ = run(tmp_path)
+    assert resumed.resumed_from == 14 and resumed.losses == pytest.approx(reference.losses, abs=1e-6)
+
+
 def test_on_a_gpu_an_infinite_gradient_with_a_finite_loss_is_reported_too(monkeypatch):
     import utils.loop
     monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())

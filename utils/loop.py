@@ -421,7 +421,10 @@ class _Run:
 
     def resume(self, state: Mapping[str, Any], train_data: Iterable) -> None:
         """Continue from a checkpoint's state (the model's weights are already loaded)."""
+        fused = [group.get("fused") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flag in zip(self.optimizer.param_groups, fused):  # this device's choice, not the checkpoint's
+            group["fused"] = flag
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.history = History.from_dict(state["history"])

@@ -53,7 +53,9 @@ def build_on_meta(config, model_class=None):
     if model_class is None:
         from transformers import BertModel as model_class
     with torch.device("meta"):
-        return model_class(config)
+        model = model_class(config)
+    model.tie_weights()    # transformers 5.0 leaves a meta model's tied weights (MLM decoder) untied
+    return model
 
 
 def pretrained_source(source: str | None = None, weights: bool = True) -> str:
