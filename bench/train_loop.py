@@ -4,9 +4,11 @@
 
 The same tiny BERT masked-LM task (hidden 128, 2 layers, vocab 8,000, batches of 32 × 128 tokens)
 with the same pre-masked batches, AdamW, linear warmup + decay and gradient clipping at 1.0 in all
-three loops. Steady-state speed is taken from per-step timestamps after a few warm-up steps, so
-set-up costs (building the optimizer, Trainer's accelerate wrapping) are excluded. Runs alternate
-between loops and the median of the repeats is reported. The target is utils ≥ 0.95 × bare.
+loops; utils.train runs twice, the second time with the NaN guard it uses on a GPU (no loss read back
+per step; a flag on the device makes the fused AdamW skip a non-finite step), to show what it costs.
+Steady-state speed is taken from per-step timestamps after a few warm-up steps, so set-up costs
+(building the optimizer, Trainer's accelerate wrapping) are excluded. Runs alternate between loops and
+the median of the repeats is reported. The target is utils ≥ 0.95 × bare.
 """
 from __future__ import annotations
 
@@ -85,6 +87,17 @@ def run_utils(dataset: Dataset, steps: int) -> list[float]:
     return stamps
 
 
+def run_utils_guarded(dataset: Dataset, steps: int) -> list[float]:
+    """utils.train as it runs on a GPU: no loss read back per step; a flag on the device makes the fused
+    AdamW skip a non-finite step (utils.loop._guarded). Here on the CPU, to measure what the guard costs."""
+    import utils.loop
+    was, utils.loop.READ_LOSS_EACH_STEP = utils.loop.READ_LOSS_EACH_STEP, ()
+    try:
+        return run_utils(dataset, steps)
+    finally:
+        utils.loop.READ_LOSS_EACH_STEP = was
+
+
 def run_trainer(dataset: Dataset, steps: int) -> list[float]:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     stamps: list[float] = []
@@ -118,7 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = MaskedTokens(args.steps * BATCH)
-    loops = {"bare PyTorch": run_bare, "utils.train": run_utils, "transformers.Trainer": run_trainer}
+    loops = {"bare PyTorch": run_bare, "utils.train": run_utils, "utils.train, GPU guard": run_utils_guarded,
+             "transformers.Trainer": run_trainer}
     speeds: dict[str, list[float]] = {name: [] for name in loops}
     print(f"tiny BERT MLM, {BATCH}×{SEQ} tokens/step, {args.steps} steps ({args.warmup} untimed), "
           f"{args.threads} threads, torch {torch.__version__}")

@@ -165,23 +165,25 @@ def test_saved_classifier_reloads_exactly_and_a_foreign_folder_is_refused(tmp_pa
         load_classifier(tmp_path)
 
 
-def test_teacher_stores_a_given_run_and_reuses_it(tmp_path, monkeypatch, tokenizer):
+@pytest.fixture
+def stored_teacher(tmp_path, monkeypatch, tokenizer):
+    """A tiny classifier stored as the teacher in a fresh cache: (its folder, the run row it came from)."""
     monkeypatch.setenv("FROM_ZERO_CACHE", str(tmp_path))
     monkeypatch.setattr(finetune, "load_tokenizer", lambda arm, mini_bert=None: tokenizer)
     row = {"model": tiny_classifier(tokenizer), "lr": 1e-4, "seed": 0, "steps": 5, "batch": 4,
            "test accuracy": 0.5, "validation accuracy": 0.5}
-    folder = finetune.teacher(result=row)
+    return finetune.teacher(result=row), row
+
+
+def test_teacher_stores_a_given_run_and_reuses_it(stored_teacher, monkeypatch):
+    folder, _ = stored_teacher
     assert (folder / "classifier.json").is_file()
     monkeypatch.setattr(finetune, "run", lambda *a, **k: pytest.fail("a cached teacher must not be trained again"))
     assert finetune.teacher() == folder
 
 
-def test_other_sentences_rebuild_the_teacher_with_a_warning_never_reuse_it(tmp_path, monkeypatch, tokenizer):
-    monkeypatch.setenv("FROM_ZERO_CACHE", str(tmp_path))
-    monkeypatch.setattr(finetune, "load_tokenizer", lambda arm, mini_bert=None: tokenizer)
-    row = {"model": tiny_classifier(tokenizer), "lr": 1e-4, "seed": 0, "steps": 5, "batch": 4,
-           "test accuracy": 0.5, "validation accuracy": 0.5}
-    folder = finetune.teacher(result=row)
+def test_other_sentences_rebuild_the_teacher_with_a_warning_never_reuse_it(stored_teacher, tmp_path, monkeypatch):
+    folder, row = stored_teacher
     mine = tmp_path / "mine.csv"
     mine.write_text("text,label\n" + "".join(f"film number {i} was {'good' if i % 2 else 'bad'},{i % 2}\n"
                                              for i in range(40)))
