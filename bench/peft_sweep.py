@@ -11,31 +11,21 @@ code is chapter 06's own (course/ch06_peft.py, exported from the notebook).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 import utils  # noqa: E402
 from course.ch05_fine_tuning import prepare  # noqa: E402
 from course.ch06_peft import chosen_rates, load_sweep, peft_settings, sweep, write_sweep  # noqa: E402
 from utils.data import load_sentiment  # noqa: E402
+from utils.sweeps import sweep_arguments, sweep_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: this machine's")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse the committed runs made with the same settings apart from the learning rates")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    utils.quiet_libraries()
+    args = sweep_arguments(__doc__.splitlines()[0], argv)
     preset = args.preset or utils.preset()
     settings = peft_settings(preset)
     data = load_sentiment()
@@ -50,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = sweep(prepared, settings, on_row=show, reuse=earlier["rows"], progress=False)
     seconds = time.perf_counter() - started + earlier["seconds"]
-    command = ("python bench/peft_sweep.py" + (f" --preset {args.preset}" if args.preset else "")
-               + (" --reuse" if args.reuse else ""))
+    command = sweep_command("bench/peft_sweep.py", args)
     path = write_sweep(rows, settings, data, preset, seconds, command)
     print("chosen on validation:", chosen_rates(rows))
     print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")

@@ -2,8 +2,6 @@
 """06 · Parameter-efficient fine-tuning (参数高效微调)"""
 
 
-import json
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ from utils.checkpoint import atomic_path
 from utils.data import split_digest
 from utils.hardware import preset as device_preset
 from utils.models import pretrained_source
+from utils.sweeps import read_record, write_record
 
 
 @dataclass(frozen=True)
@@ -315,36 +314,16 @@ def sweep_path(preset: str) -> Path:
 
 def write_sweep(rows: list[dict[str, Any]], settings: PeftSettings, data, preset: str, seconds: float,
                 command: str) -> Path:
-    import peft
-    import transformers
-    record = {"preset": preset, "settings": asdict(settings), "inputs": inputs_identity(data),
-              "command": command, "seconds": round(seconds), "machine": utils.describe(),
-              "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__, "peft": peft.__version__},
-              "rows": rows}
-    path = sweep_path(preset)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    return write_record(sweep_path(preset), preset=preset, settings=asdict(settings), inputs=inputs_identity(data),
+                        rows=rows, seconds=seconds, command=command, libraries=("transformers", "peft"))
 
 
 def load_sweep(preset: str, settings: PeftSettings, data, any_rates: bool = False) -> dict[str, Any]:
     """The committed sweep for `preset`, refused if it was made with other settings (other learning rates
     too, unless any_rates), another sentiment set or another model."""
-    path = sweep_path(preset)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.name} is missing: run `python bench/peft_sweep.py --preset {preset}`")
-    record = json.loads(path.read_text())
-    expected = json.loads(json.dumps(asdict(settings)))
-    if any_rates:
-        expected["learning_rates"] = record["settings"]["learning_rates"]
-    if record["settings"] != expected:
-        raise ValueError(f"{path.name} was made with other settings than peft_settings({preset!r}); "
-                         f"run `python bench/peft_sweep.py --preset {preset}` again")
-    if record["inputs"] != inputs_identity(data):
-        raise ValueError(f"{path.name} was made with another sentiment set or model than this one "
-                         f"(FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL); run `python bench/peft_sweep.py --preset {preset}`")
-    return record
+    return read_record(sweep_path(preset), settings=asdict(settings), inputs=inputs_identity(data),
+                       rerun=f"python bench/peft_sweep.py --preset {preset}", made_by=f"peft_settings({preset!r})",
+                       inputs_named="sentiment set or model (FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL)", any_rates=any_rates)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 
 
 import json
-import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -24,9 +23,9 @@ from course.ch05_fine_tuning import (LengthGroupedSampler, Prepared, SentenceCla
                                      accuracy, batches, load_classifier, new_classifier, predict_proba, prepare,
                                      save_classifier, scores, teacher)
 from utils.artifacts import sha256_file
-from utils.checkpoint import atomic_path
 from utils.data import load_sentiment, split_digest
 from utils.hardware import preset as device_preset
+from utils.sweeps import read_record, write_record
 
 
 @dataclass(frozen=True)
@@ -376,35 +375,17 @@ def sweep_path(preset: str) -> Path:
 
 def write_sweep(rows: list[dict[str, Any]], settings: DistillSettings, data, preset: str, seconds: float,
                 command: str) -> Path:
-    import transformers
-    record = {"preset": preset, "settings": asdict(settings), "inputs": inputs_identity(data),
-              "command": command, "seconds": round(seconds), "machine": utils.describe(),
-              "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__},
-              "rows": rows}
-    path = sweep_path(preset)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    return write_record(sweep_path(preset), preset=preset, settings=asdict(settings), inputs=inputs_identity(data),
+                        rows=rows, seconds=seconds, command=command)
 
 
 def load_sweep(preset: str, settings: DistillSettings, data, any_rates: bool = False) -> dict[str, Any]:
     """The committed sweep for `preset`, refused if made with other settings (other learning rates too,
     unless any_rates), data, teacher or mini-BERT."""
-    path = sweep_path(preset)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.name} is missing: run `python bench/distill_sweep.py --preset {preset}`")
-    record = json.loads(path.read_text())
-    expected = json.loads(json.dumps(asdict(settings)))
-    if any_rates:
-        expected["learning_rates"] = record["settings"]["learning_rates"]
-    if record["settings"] != expected:
-        raise ValueError(f"{path.name} was made with other settings than distill_settings({preset!r}); "
-                         f"run `python bench/distill_sweep.py --preset {preset}` again")
-    if record["inputs"] != inputs_identity(data):
-        raise ValueError(f"{path.name} was made with another sentiment set, teacher or mini-BERT than this one; "
-                         f"run `python bench/distill_sweep.py --preset {preset}` again")
-    return record
+    return read_record(sweep_path(preset), settings=asdict(settings), inputs=inputs_identity(data),
+                       rerun=f"python bench/distill_sweep.py --preset {preset}",
+                       made_by=f"distill_settings({preset!r})", inputs_named="sentiment set, teacher or mini-BERT",
+                       any_rates=any_rates)
 
 
 def _gate_hooks(model: SentenceClassifier, gates: torch.Tensor) -> list:

@@ -12,6 +12,7 @@ Where the code lives:
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
   utils.report      show_table, what_we_measured, compare_gradients  (tables, gradient checks)
+  utils.sweeps      write_record, read_record, sweep_arguments     (committed bench/ sweep records)
 
 Importing this package has no side effects: nothing is seeded, no global setting is changed.
 """
