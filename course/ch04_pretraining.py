@@ -2,9 +2,9 @@
 """04 · Pretraining a mini-BERT with masked language modelling (预训练 MLM)"""
 
 
+import functools
 import hashlib
 import json
-import functools
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -43,8 +43,8 @@ class PretrainSettings:
             raise ValueError(f"mask_probability is the share of tokens to mask: give a number between 0 and 1 "
                              f"(BERT: 0.15), got {self.mask_probability!r}")
         if self.vocab_size <= 5 or self.steps < 1 or self.block_size < 3:
-            raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and "
-                             f"block_size >= 3 ([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
+            raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and block_size >= 3 "
+                             f"([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
 
 
 SETTINGS = {"cpu": PretrainSettings(),

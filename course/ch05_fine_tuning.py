@@ -495,8 +495,9 @@ def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] 
             rebuild: bool = False, **train_options: Any) -> Path:
     """The folder of the fine-tuned all-MiniLM-L6-v2 ("teacher"); `load_classifier` opens it. A cached
     teacher made with the same recipe from the same data and encoder is used as it is (its classifier.json
-    says how it was trained); if there is none, it is trained now with `settings` (default: this chapter's full-data recipe). result: a
-    `run(..., keep_model=True)` row to store instead (this chapter stores its own run)."""
+    says how it was trained); if there is none, it is trained now with `settings` (default: this chapter's
+    full-data recipe). result: a `run(..., keep_model=True)` row to store instead (this chapter stores its
+    own run)."""
     settings = settings or teacher_settings()
 
     def build(folder: Path) -> None:

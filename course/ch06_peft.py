@@ -323,7 +323,8 @@ def load_sweep(preset: str, settings: PeftSettings, data, any_rates: bool = Fals
     too, unless any_rates), another sentiment set or another model."""
     return read_record(sweep_path(preset), settings=asdict(settings), inputs=inputs_identity(data),
                        rerun=f"python bench/peft_sweep.py --preset {preset}", made_by=f"peft_settings({preset!r})",
-                       inputs_named="sentiment set or model (FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL)", any_rates=any_rates)
+                       inputs_named="sentiment set or model (FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL)",
+                       any_rates=any_rates)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
