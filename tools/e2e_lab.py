@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the playwright package is missing: `make e2e` installs it (pip install playwright)", file=sys.stderr)
         return 2
     before = hashlib.sha256(notebook.read_bytes()).hexdigest()
+    checkpoints = notebook.parent / ".ipynb_checkpoints"        # JupyterLab makes one when it opens a notebook
+    left = {checkpoints, checkpoints / f"{notebook.stem}-checkpoint.ipynb"}
+    existed = {path for path in left if path.exists()}
     port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
     out = ROOT / args.out
     with tempfile.TemporaryDirectory(prefix="from-zero-e2e-") as home:
@@ -207,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
+    for path in sorted(left - existed, reverse=True):          # the file, then the folder if it is empty
+        if path.is_file():
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     cells = result["cells"]
     problems = []
     not_run = [i for i, c in enumerate(cells, 1) if not re.fullmatch(r"\[\d+\]:", c["prompt"])]
