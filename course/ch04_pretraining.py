@@ -33,6 +33,7 @@ class PretrainSettings:
     lr: float = 1e-3
     warmup: float = 0.06
     mask_probability: float = 0.15
+    dropout: float = 0.1            # in the encoder while pretraining (BERT: 0.1); 0 makes one process = N
     seed: int = 0
     in_domain: bool = True          # add the unlabelled sentiment *training* sentences to the corpus
     validation_blocks: int = 512    # of WikiText-2 validation, masked once, scored at each evaluation
@@ -42,6 +43,8 @@ class PretrainSettings:
         if not 0 < self.mask_probability < 1:
             raise ValueError(f"mask_probability is the share of tokens to mask: give a number between 0 and 1 "
                              f"(BERT: 0.15), got {self.mask_probability!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout is a probability: give a number in [0, 1) (BERT: 0.1), got {self.dropout!r}")
         if self.vocab_size <= 5 or self.steps < 1 or self.block_size < 3:
             raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and block_size >= 3 "
                              f"([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
@@ -175,7 +178,8 @@ class MaskedOnlyMLM(nn.Module):
 
 def new_model(settings: PretrainSettings, tokenizer) -> BertForMaskedLM:
     config = bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings))
+                         max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings),
+                         hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
     return BertForMaskedLM(config)
 
 

@@ -227,11 +227,25 @@ def test_no_weight_decay_on_biases_and_norms():
         adamw_param_groups(model.requires_grad_(False), 0.1)
 
 
-def test_mixed_precision_path_with_grad_scaler(monkeypatch):
-    """The fp16 + GradScaler path (a T4's) exercised on the CPU, where autocast supports fp16."""
+def test_mixed_precision_is_accelerates_and_a_t4_gets_float16_with_its_scaler(monkeypatch):
+    """train() hands the device's AMP dtype to accelerate: bf16, or fp16 with its GradScaler (a T4's).
+    accelerate runs neither on a CPU, so here the run only checks that the request reaches it and trains."""
+    seen = []
+    make = utils.loop._accelerator
     monkeypatch.setattr(utils.loop, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(utils.loop, "_accelerator", lambda *a: seen.append(make(*a)) or seen[-1])
     history = train(Classifier(), xor_data(128), steps=20, lr=1e-2, **QUIET)
     assert len(history.train) == 20 and all(math.isfinite(r["loss"]) for r in history.train)
+    assert seen[0].mixed_precision == "fp16"
+    assert make(utils.loop.TrainConfig(steps=1), torch.device("cpu"), torch.bfloat16).mixed_precision == "bf16"
+    assert make(utils.loop.TrainConfig(steps=1, amp=False), torch.device("cpu"), None).mixed_precision == "no"
+
+
+def test_one_kernel_can_train_with_other_precisions_and_accumulation_in_turn():
+    """accelerate keeps one process-wide state; train() starts a fresh one per call in a single process."""
+    first = train(Classifier(), xor_data(64), steps=4, grad_accum=2, **QUIET)
+    second = train(Classifier(), xor_data(64), steps=4, amp=False, **QUIET)
+    assert len(first.train) == len(second.train) == 4
 
 
 def test_a_transformers_model_trains_through_its_loss():

@@ -5,7 +5,7 @@ Where the code lives:
   utils.cells       add_to_class                                   (a class written across notebook cells)
   utils.hardware    pick_device, amp_dtype, describe, preset       (CUDA → MPS → CPU, AMP dtype)
   utils.seeding     seed_everything, set_deterministic, seed_worker
-  utils.loop        train, evaluate_loss, evaluating, TrainConfig, History   (the one training loop)
+  utils.loop        train, evaluate_loss, evaluating, TrainConfig, History   (the one training loop, on accelerate)
   utils.plots       plot_history, bar_chart, heatmap, draw_graph, LivePlot, course_style
   utils.models      bert_config, build_on_meta, load_pretrained, quiet_libraries  (model sizes and loading)
   utils.data        fetch, load_corpus, load_sentiment, load_behaviour_set   (offline data, chapter 04 on)

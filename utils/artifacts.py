@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from filelock import FileLock
 
-from .checkpoint import PICKLE_SUFFIXES, CheckpointError, atomic_path
+from .checkpoint import PICKLE_SUFFIXES, CheckpointError, atomic_path, short_value
 
 CACHE_ENV = "FROM_ZERO_CACHE"
 MANIFEST = "artifact.json"
@@ -105,12 +105,9 @@ def _version_change(old: Any, new: str) -> str:
         before = after = None
     if not (isinstance(before, dict) and isinstance(after, dict)):
         return f"version {old!r}, wanted {new!r}"
-
-    def short(value: Any) -> str:
-        text = "(none)" if value is None else str(value)
-        return text if len(text) <= 14 else text[:12] + "…"
     changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-    return "made from " + ", ".join(f"{k} {short(before.get(k))}, now {short(after.get(k))}" for k in changed)
+    return "made from " + ", ".join(f"{k} {short_value(before.get(k))}, now {short_value(after.get(k))}"
+                                    for k in changed)
 
 
 def sha256_file(path: Path) -> str:

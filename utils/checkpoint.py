@@ -28,6 +28,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint or cached artifact is missing, corrupt, or does not fit the model."""
 
 
+def short_value(value: Any) -> str:
+    """A setting or digest shortened for a one-line message about what changed: 'c930a1eaee4b…'."""
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= 14 else text[:12] + "…"
+
+
 # ---------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

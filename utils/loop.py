@@ -3,11 +3,14 @@
 `train(model, train_data, steps=...)` trains any `nn.Module` whose forward returns a loss (a
 scalar tensor, or an output with `.loss` such as a `transformers` model given `labels`), and
 returns a `History`. It is chapter 00's bare loop (forward, backward, clip, step, zero_grad,
-schedule) plus the device and mixed precision, gradient accumulation, periodic evaluation, early
-stopping, checkpoints with exact resume, a progress bar and a live plot. Read it in its parts:
-`_optimizer_step` (one step), `_evaluate` and `_Run.record_eval` (an evaluation and the best one so
-far), `_Run.state`/`resume` with `_write_checkpoint`/`_read_checkpoint` (checkpoints), and `_loop`,
-which calls them in order.
+schedule) plus periodic evaluation, early stopping, checkpoints with exact resume, a progress bar
+and a live plot. `accelerate` does the rest: device placement, mixed precision (bf16, or fp16 with
+its GradScaler), gradient accumulation, and, under `accelerate launch` / `torchrun`, distributed data
+parallel on N processes. Read it in its parts: `_accelerator` and `_Dispatched` (what accelerate is
+asked for, and how a batch is split between processes), `_optimizer_step` (one step), `_evaluate` and
+`_Run.record_eval` (an evaluation and the best one so far), `_Run.state`/`resume` with
+`_write_checkpoint`/`_read_checkpoint` (checkpoints: safetensors, no pickle, one random state per
+process), and `_loop`, which calls them in order.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import contextlib
 import dataclasses
 import math
 import numbers
+import os
 import random
 import re
 import shutil
@@ -28,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_path, load_module, load_state, save_module, save_state
-from .hardware import amp_dtype, needs_grad_scaler, pick_device
+from .checkpoint import CheckpointError, atomic_path, load_module, load_state, save_module, save_state, short_value
+from .hardware import amp_dtype, pick_device
 
 SCHEDULES = ("constant", "linear", "cosine")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -229,18 +233,29 @@ def evaluate_loss(model: nn.Module, data: Iterable, *, device: str | torch.devic
                   amp: bool = True) -> float:
     """Mean loss over `data`, weighted by batch size, in eval mode and without gradients."""
     device = pick_device(device)
-    autocast = _autocast(device, amp_dtype(device) if amp else None)
+    total, count = _loss_sum(model, data, device, _autocast(device, amp_dtype(device) if amp else None))
+    if count == 0:
+        raise ValueError("eval_data yielded no batches: is the evaluation set empty?")
+    return total.item() / count
+
+
+@torch.no_grad()
+def _loss_sum(model: nn.Module, data: Iterable, device: torch.device,
+              autocast: Callable[[], contextlib.AbstractContextManager], *, part: int = 0,
+              parts: int = 1) -> tuple[torch.Tensor, int]:
+    """(sum of loss × batch size, number of examples) over batches part, part + parts, … of `data`:
+    with several processes each takes its share of the batches and the sums are added up."""
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     with evaluating(model):
-        for batch in data:
+        for index, batch in enumerate(data):
+            if index % parts != part:
+                continue
             n = batch_size(batch)
             with autocast():
                 loss = loss_of(forward(model, to_device(batch, device)))
             total += loss.double() * n
             count += n
-    if count == 0:
-        raise ValueError("eval_data yielded no batches: is the evaluation set empty?")
-    return total.item() / count
+    return total, count
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
@@ -285,15 +300,16 @@ class _Batches:
     moment; keeping that state and the count of batches taken is enough to replay the position.
     """
 
-    def __init__(self, data: Iterable, name: str):
+    def __init__(self, data: Iterable, name: str, source: Iterable | None = None):
         if hasattr(data, "__len__") and len(data) == 0:
             raise ValueError(f"{name} has no batches: is the dataset empty, or batch_size larger than "
                              f"the dataset with drop_last=True?")
         self.data, self.name = data, name
+        self.source = data if source is None else source  # the user's loader, whose generators are saved
         self.taken, self.epoch_rng, self._it = 0, None, None
 
     def _start_epoch(self) -> None:
-        self.epoch_rng = _rng_state(self.data)
+        self.epoch_rng = _rng_state(self.source)
         self._it, self.taken = iter(self.data), 0
 
     def next(self) -> Any:
@@ -317,13 +333,80 @@ class _Batches:
     def restore(self, state: Mapping[str, Any]) -> None:
         if state["epoch_rng"] is None:
             return
-        _set_rng_state(state["epoch_rng"], self.data)
+        _set_rng_state(state["epoch_rng"], self.source)
         self._it, self.taken = iter(self.data), 0
         for _ in range(state["taken"]):  # replay the epoch's order up to where we were
             if next(self._it, None) is None:
                 raise CheckpointError(f"{self.name} has fewer batches than when the checkpoint was "
                                       f"written: pass resume=False, or resume with the same data")
             self.taken += 1
+
+
+# ---------------------------------------------------------------- the accelerator
+def _accelerator(cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None) -> Any:
+    """An `accelerate.Accelerator` for this run: it places the model, runs mixed precision (with the
+    GradScaler for float16), accumulates gradients and, when started by `accelerate launch` or
+    `torchrun` on several processes, wraps the model in DistributedDataParallel and shards the batches."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one process-wide state; in a notebook each train() may ask for another device
+        # or precision (amp=False, device="cpu"), so a single process starts from a fresh one each time
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
+    precision = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return Accelerator(
+        cpu=device.type == "cpu", mixed_precision=precision, step_scheduler_with_optimizer=False,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False))
+
+
+def _shard(train_data: Iterable, acc: Any) -> Iterable:
+    """The batches this process trains on: all of `train_data`'s in one process, else its slice of each."""
+    if acc.num_processes == 1:
+        return train_data
+    from torch.utils.data import DataLoader
+    if not isinstance(train_data, DataLoader):
+        raise TypeError(f"train_data must be a torch DataLoader to be split between {acc.num_processes} "
+                        f"processes, got {type(train_data).__name__}")
+    size, n = train_data.batch_size, acc.num_processes
+    sized = size and not train_data.drop_last and hasattr(train_data.dataset, "__len__")
+    last = len(train_data.dataset) % size if sized else 0
+    if size is not None and (size % n or last % n):
+        what = f"the global batch of {size}" if size % n else f"the last batch, of {last},"
+        raise ValueError(f"{what} does not divide between {n} processes: use a batch size that is a multiple of "
+                         f"{n} (and drop_last=True if the dataset's size is not), or --num_processes that divides it")
+    return _Dispatched(train_data, acc)
+
+
+class _Dispatched:
+    """Each global batch drawn by the main process from `data`, exactly as one process would draw it (order,
+    masking and all), sent to the others, and split: process k trains on the k-th of N equal slices.
+
+    accelerate's own dispatcher (`dispatch_batches=True`) does the same, but on a copy of the DataLoader
+    rebuilt without its `generator`, which changes the order of the batches and the random numbers that
+    the collate function draws; this keeps the user's loader, so one process and N see the same batches."""
+
+    def __init__(self, data: Any, acc: Any):
+        self.data, self.acc = data, acc
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[Any]:
+        from accelerate.utils import broadcast_object_list, slice_tensors
+        acc = self.acc
+        batches = iter(self.data) if acc.is_main_process else None
+        while True:
+            message = [next(batches, None) if batches is not None else None]
+            batch = broadcast_object_list(message)[0]      # torch.distributed's object broadcast (pickle in
+            if batch is None:                               # memory, between this job's own processes)
+                return
+            part = batch_size(batch) // acc.num_processes
+            index = acc.process_index
+            yield slice_tensors(batch, slice(index * part, (index + 1) * part))
 
 
 # ---------------------------------------------------------------- checkpoints on disk
@@ -336,22 +419,37 @@ def checkpoint_steps(directory: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _write_checkpoint(directory: Path, step: int, model: nn.Module, state: dict[str, Any],
-                      keep: int) -> None:
-    with atomic_path(directory / f"step-{step:06d}") as tmp:
-        tmp.mkdir()
-        save_module(model, tmp / "model.safetensors")
-        save_state(state, tmp / "trainer_state.safetensors")
-    for old in checkpoint_steps(directory)[:-keep]:
-        shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
+def _write_checkpoint(directory: Path, step: int, model: nn.Module, run: "_Run") -> None:
+    """step-NNNNNN/: the weights, the trainer state and, with several processes, process-K files with
+    each other process's random state and data position. The folder appears complete or not at all."""
+    acc, final = run.acc, directory / f"step-{step:06d}"
+    if acc.num_processes == 1:
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            save_module(model, tmp / "model.safetensors")
+            save_state(run.state(), tmp / "trainer_state.safetensors")
+    else:  # every process writes its part into one staging folder, which the main process then publishes
+        staging = directory / f".step-{step:06d}.staging"
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_module(model, staging / "model.safetensors")
+            save_state(run.state(), staging / "trainer_state.safetensors")
+        else:
+            save_state(run.process_state(), staging / f"process-{acc.process_index}.safetensors")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            with atomic_path(final) as tmp:
+                os.replace(staging, tmp)
+        acc.wait_for_everyone()
+    if acc.is_main_process:
+        for old in checkpoint_steps(directory)[:-run.cfg.keep]:
+            shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
 
 
-def _short(value: Any) -> str:
-    text = "(none)" if value is None else str(value)
-    return text if len(text) <= 14 else text[:12] + "…"
-
-
-def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dict[str, Any] | None:
+def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module, acc: Any) -> dict[str, Any] | None:
     """Load the newest checkpoint's weights into `model` and return its trainer state (None if none)."""
     steps = checkpoint_steps(directory)
     if not steps:
@@ -368,7 +466,7 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dic
     saved, wanted = state["config"], cfg.fingerprint()
     if saved.get("inputs") != wanted.get("inputs"):
         old, new = saved.get("inputs") or {}, wanted.get("inputs") or {}
-        changed = ", ".join(f"{k} {_short(old.get(k))} -> {_short(new.get(k))}"
+        changed = ", ".join(f"{k} {short_value(old.get(k))} -> {short_value(new.get(k))}"
                             for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
         raise CheckpointError(f"{last} was trained from other inputs ({changed}): its weights do not belong "
                               f"to this data; pass resume=False to start over, or use another checkpoint_dir")
@@ -378,6 +476,16 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dic
         now = ", ".join(f"{k}={wanted.get(k)!r}" for k in changed)
         raise CheckpointError(f"{last} was written with {was}, but this run has {now}: pass "
                               f"resume=False to start over, or use another checkpoint_dir")
+    processes = state.get("processes", 1)
+    if processes != acc.num_processes:
+        raise CheckpointError(f"{last} was written by {processes} process(es), this run has {acc.num_processes}: "
+                              f"its data position and random states are per process; resume with "
+                              f"--num_processes {processes}, or pass resume=False to start over")
+    if acc.process_index > 0:
+        try:
+            state.update(load_state(last / f"process-{acc.process_index}.safetensors"))
+        except CheckpointError as exc:
+            raise unreadable(exc) from None
     try:  # only now, so that a refused resume leaves the model as it was
         load_module(model, last / "model.safetensors")
     except CheckpointError as exc:
@@ -390,9 +498,9 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module) -> dic
 class _Run:
     """Everything a run carries from step to step besides the model: what a checkpoint saves."""
     cfg: TrainConfig
-    optimizer: torch.optim.Optimizer
+    acc: Any                                    # the accelerate.Accelerator
+    optimizer: Any                              # accelerate's AcceleratedOptimizer around the torch one
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
     batches: _Batches
     history: History = field(default_factory=History)
     stale: int = 0                              # evaluations without improvement
@@ -401,37 +509,43 @@ class _Run:
 
     @classmethod
     def start(cls, model: nn.Module, train_data: Iterable, cfg: TrainConfig, optimizer: torch.optim.Optimizer | None,
-              device: torch.device, dtype: torch.dtype | None) -> "_Run":
-        guarded = optimizer is None and _guarded(device, dtype)
+              acc: Any) -> "_Run":
+        guarded = optimizer is None and _guarded(acc.device, acc.scaler is not None)
         if optimizer is None:
             optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                           **({"fused": True} if guarded else {}))
+        wrapped = acc.prepare_optimizer(optimizer)
         warmup = cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_multiplier(s, steps=cfg.steps, warmup_steps=warmup, schedule=cfg.schedule))
-        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
-        return cls(cfg, optimizer, scheduler, scaler, _Batches(train_data, "train_data"),
-                   skip=torch.zeros((), device=device) if guarded else None)
+        return cls(cfg, acc, wrapped, scheduler, _Batches(_shard(train_data, acc), "train_data", source=train_data),
+                   skip=torch.zeros((), device=acc.device) if guarded else None)
 
-    def state(self, train_data: Iterable) -> dict[str, Any]:
+    def process_state(self) -> dict[str, Any]:
+        """What differs between processes: the random generators and the position in the data."""
+        return {"data": self.batches.state(), "rng": _rng_state(self.batches.source)}
+
+    def state(self) -> dict[str, Any]:
+        scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else {}
         return {"config": self.cfg.fingerprint(), "history": self.history.to_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "data": self.batches.state(), "rng": _rng_state(train_data),
-                "stale": self.stale, "best_weights": self.best_weights}
+                "scaler": scaler, "stale": self.stale, "best_weights": self.best_weights,
+                "processes": self.acc.num_processes, **self.process_state()}
 
-    def resume(self, state: Mapping[str, Any], train_data: Iterable) -> None:
+    def resume(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint's state (the model's weights are already loaded)."""
         fused = [group.get("fused") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, flag in zip(self.optimizer.param_groups, fused):  # this device's choice, not the checkpoint's
             group["fused"] = flag
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.acc.scaler is not None and state["scaler"]:
+            self.acc.scaler.load_state_dict(state["scaler"])
         self.history = History.from_dict(state["history"])
         self.history.resumed_from = self.history.steps_done
         self.stale, self.best_weights = state["stale"], state["best_weights"]
         self.batches.restore(state["data"])
-        _set_rng_state(state["rng"], train_data)
+        _set_rng_state(state["rng"], self.batches.source)
 
     def record_eval(self, row: dict[str, float], model: nn.Module) -> bool:
         """Add an evaluation, keep track of the best one; True when early stopping says stop."""
@@ -449,74 +563,93 @@ class _Run:
             self.stale += 1
         return cfg.patience is not None and self.stale >= cfg.patience
 
+    def shared(self, stop: bool) -> bool:
+        """True on every process if it is True on any (a callback's or early stopping's decision)."""
+        if self.acc.num_processes == 1:
+            return stop
+        if stop:
+            self.acc.set_trigger()
+        return self.acc.check_trigger()
+
 
 # Device types where the loss is read back at every step (free on the CPU). Elsewhere reading it would make
 # the host wait for the device at every step, so a flag on the device gates the update instead (_guarded).
 READ_LOSS_EACH_STEP = ("cpu",)
 
 
-def _guarded(device: torch.device, dtype: torch.dtype | None) -> bool:
+def _guarded(device: torch.device, scaled: bool) -> bool:
     """Whether a non-finite step is caught on the device without a sync: the default AdamW, fused, skips
     its update (weights, moments and step count untouched) while `found_inf` is 1, as it does for a
     gradient scaler. With fp16 the GradScaler owns that flag and skips overflowing steps itself."""
-    return device.type not in READ_LOSS_EACH_STEP and device.type in ("cuda", "cpu", "mps") \
-        and not needs_grad_scaler(dtype)
+    return device.type not in READ_LOSS_EACH_STEP and device.type in ("cuda", "cpu", "mps") and not scaled
 
 
-def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor], device: torch.device,
-                    autocast: Callable[[], contextlib.AbstractContextManager],
+def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor],
                     step: int) -> tuple[torch.Tensor, float, Any]:
     """One optimizer step: `grad_accum` forward and backward passes, clipping, the update, the schedule.
+    `model` is the one accelerate prepared (autocast in its forward; DistributedDataParallel with several
+    processes, which averages the gradients at the last of the `grad_accum` backward passes).
     Returns (mean loss, still on the device; the step's learning rate; the gradient norm or None).
     On the CPU a loss that is not finite stops training here, before it reaches the weights (reading it
     costs nothing there). On a GPU the step is skipped on the device, and so is every later one, until
     the losses are read back (`log_every`), which stops training with the step where it happened."""
-    cfg = run.cfg
+    cfg, acc = run.cfg, run.acc
     lr = run.scheduler.get_last_lr()[0]
-    total = torch.zeros((), device=device)
+    total = torch.zeros((), device=acc.device)
     for _ in range(cfg.grad_accum):
-        batch = to_device(run.batches.next(), device)
-        with autocast():
+        batch = to_device(run.batches.next(), acc.device)
+        with acc.accumulate(model):
             loss = loss_of(forward(model, batch))
-        if run.skip is None and device.type == "cpu" and not math.isfinite(loss.item()):
-            run.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}), "
-                                     f"add warmup, or keep clip on; the weights are those before this step")
-        run.scaler.scale(loss / cfg.grad_accum).backward()
+            if run.skip is None and acc.device.type == "cpu" and not math.isfinite(loss.item()):
+                run.scheduler.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}), "
+                                         f"add warmup, or keep clip on; the weights are those before this step")
+            acc.backward(loss)                  # divided by grad_accum; scaled for float16
         total += loss.detach().float()
     grad_norm = None
     if cfg.clip is not None:
-        run.scaler.unscale_(run.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        grad_norm = acc.clip_grad_norm_(params, cfg.clip)   # float16 gradients are unscaled first
     if run.skip is not None:                    # no .item(): the fused AdamW reads the flag on the device
         bad = ~torch.isfinite(total) if grad_norm is None else ~(torch.isfinite(total) & torch.isfinite(grad_norm))
         torch.maximum(run.skip, bad.float(), out=run.skip)
-        run.optimizer.grad_scale, run.optimizer.found_inf = None, run.skip
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+        run.scheduler.optimizer.grad_scale, run.scheduler.optimizer.found_inf = None, run.skip
+    run.optimizer.step()                        # with float16, the GradScaler's step and update
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     return total / cfg.grad_accum, lr, grad_norm
 
 
 def _evaluate(model: nn.Module, step: int, eval_data: Iterable | None, metrics: Callable | None,
-              device: torch.device, amp: bool) -> dict[str, float]:
-    """One evaluation row: the loss on `eval_data` and the `metrics`, in eval mode."""
+              acc: Any) -> dict[str, float]:
+    """One evaluation row: the loss on `eval_data` and the `metrics`, in eval mode. With several processes
+    each scores its share of the eval batches and the sums are added; the metrics are the main process's."""
     row: dict[str, float] = {"step": step}
     if eval_data is not None:
-        row["eval_loss"] = evaluate_loss(model, eval_data, device=device, amp=amp)
+        total, count = _loss_sum(model, eval_data, acc.device, acc.autocast, part=acc.process_index,
+                                 parts=acc.num_processes)
+        if acc.num_processes > 1:
+            total, count = acc.reduce(torch.stack([total, torch.tensor(float(count), dtype=total.dtype,
+                                                                      device=total.device)]), "sum").tolist()
+        if count == 0:
+            raise ValueError("eval_data yielded no batches: is the evaluation set empty?")
+        row["eval_loss"] = float(total) / count
     if metrics is not None:
-        with evaluating(model), torch.no_grad():
-            row.update({k: float(v) for k, v in metrics(model).items()})
+        with evaluating(model), torch.no_grad(), acc.autocast():
+            found = {k: float(v) for k, v in metrics(model).items()}
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast
+            values = broadcast(torch.tensor(list(found.values()), dtype=torch.float64, device=acc.device))
+            found = dict(zip(found, values.tolist()))
+        row.update(found)
     return row
 
 
 class _LossLog:
     """Losses stay on the device until `flush` reads them back in one go: reading every step would
-    make the CPU wait for the GPU at every step."""
+    make the CPU wait for the GPU at every step. With several processes the logged loss is their mean."""
 
-    def __init__(self, history: History, bar: Any, cfg: TrainConfig, guarded: bool = False):
-        self.history, self.bar, self.cfg, self.guarded = history, bar, cfg, guarded
+    def __init__(self, history: History, bar: Any, cfg: TrainConfig, acc: Any, guarded: bool = False):
+        self.history, self.bar, self.cfg, self.acc, self.guarded = history, bar, cfg, acc, guarded
         self.pending: list[tuple[int, torch.Tensor, float, torch.Tensor | None]] = []
 
     def add(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None) -> None:
@@ -525,7 +658,8 @@ class _LossLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([p[1] for p in self.pending]).tolist()
+        losses = torch.stack([p[1] for p in self.pending])
+        values = (self.acc.reduce(losses, "mean") if self.acc.num_processes > 1 else losses).tolist()
         norms = ([None] * len(self.pending) if self.cfg.clip is None
                  else torch.stack([p[3] for p in self.pending]).float().tolist())
         for (step, _, lr, _), loss, norm in zip(self.pending, values, norms):
@@ -554,6 +688,11 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     callbacks: `callback(step, history)` after every optimizer step; returning True stops.
     **config: the fields of `TrainConfig` (steps, lr, warmup, schedule, grad_accum, clip,
         eval_every, patience, checkpoint_dir, live_plot, …), all checked before training starts.
+
+    Started with `accelerate launch` (or `torchrun`) on N processes, the same call trains one copy of
+    the model per process with distributed data parallel: each process takes 1/N of every batch of
+    train_data (so its batch size is the global batch), evaluations are shared out and added up,
+    and only the main process draws the progress bar and plot and writes checkpoints.
     """
     cfg = TrainConfig(**config)
     if cfg.patience is not None and eval_data is None and metrics is None:
@@ -562,56 +701,59 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
         raise KeyError(f"monitor={cfg.monitor!r} is not among the evaluated values ['eval_loss']: without "
                        f"metrics= only eval_loss is evaluated")
     device = pick_device(cfg.device)
-    dtype = amp_dtype(device) if cfg.amp else None
-    model.to(device).train()
-    run = _Run.start(model, train_data, cfg, optimizer, device, dtype)
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
-    state = _read_checkpoint(ckpt_dir, cfg, model) if ckpt_dir is not None and cfg.resume else None
-    if state is not None:
-        run.resume(state, train_data)
-    if run.history.steps_done < cfg.steps and not run.history.stopped_early:
-        _loop(model, run, train_data, eval_data, metrics, callbacks, device, dtype, ckpt_dir)
+    acc = _accelerator(cfg, device, amp_dtype(device) if cfg.amp else None)
+    model.train()
+    prepared = acc.prepare_model(model)         # on the device; autocast; DistributedDataParallel if N > 1
+    try:
+        run = _Run.start(model, train_data, cfg, optimizer, acc)
+        ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
+        state = _read_checkpoint(ckpt_dir, cfg, model, acc) if ckpt_dir is not None and cfg.resume else None
+        if state is not None:
+            run.resume(state)
+        if run.history.steps_done < cfg.steps and not run.history.stopped_early:
+            _loop(prepared, model, run, eval_data, metrics, callbacks, ckpt_dir)
+    finally:
+        acc.unwrap_model(prepared, keep_fp32_wrapper=False)   # the model's own forward back, without autocast
     if cfg.restore_best and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     return run.history
 
 
-def _loop(model: nn.Module, run: _Run, train_data: Iterable, eval_data: Iterable | None,
-          metrics: Callable | None, callbacks: Sequence[Callable[[int, History], Any]],
-          device: torch.device, dtype: torch.dtype | None, ckpt_dir: Path | None) -> None:
-    """Optimizer steps until `cfg.steps`, with the evaluations, callbacks, checkpoints and plots due."""
+def _loop(prepared: nn.Module, model: nn.Module, run: _Run, eval_data: Iterable | None,
+          metrics: Callable | None, callbacks: Sequence[Callable[[int, History], Any]], ckpt_dir: Path | None) -> None:
+    """Optimizer steps until `cfg.steps`, with the evaluations, callbacks, checkpoints and plots due.
+    `prepared` is what trains (accelerate's wrapper), `model` the module itself (evaluated and saved)."""
     from tqdm.auto import tqdm
     from .plots import LivePlot
-    cfg, history = run.cfg, run.history
-    autocast = _autocast(device, dtype)
+    cfg, history, acc = run.cfg, run.history, run.acc
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     eval_every = cfg.eval_every or max(1, cfg.steps // 10)
     watching = eval_data is not None or metrics is not None
     ckpt_every = cfg.checkpoint_every or (eval_every if watching else max(1, cfg.steps // 10))
-    plot = LivePlot(title=cfg.desc) if cfg.live_plot else None
+    plot = LivePlot(title=cfg.desc) if cfg.live_plot and acc.is_main_process else None
     step, started = history.steps_done, time.perf_counter()
     # mininterval: a notebook bar sends a kernel message per redraw; twice a second is live enough
-    with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress,
+    with tqdm(total=cfg.steps, initial=step, desc=cfg.desc, disable=not cfg.progress or not acc.is_main_process,
               dynamic_ncols=True, unit="step", mininterval=0.5) as bar:
-        log = _LossLog(history, bar, cfg, guarded=run.skip is not None)
+        log = _LossLog(history, bar, cfg, acc, guarded=run.skip is not None)
         try:
             while step < cfg.steps:
                 step += 1
-                log.add(step, *_optimizer_step(model, run, params, device, autocast, step))
+                log.add(step, *_optimizer_step(prepared, run, params, step))
                 bar.update(1)
                 evaluate = watching and (step % eval_every == 0 or step == cfg.steps)
                 if step % cfg.log_every == 0 or step == cfg.steps or evaluate:
                     log.flush()
-                stop = evaluate and run.record_eval(_evaluate(model, step, eval_data, metrics, device, cfg.amp), model)
+                stop = evaluate and run.shared(run.record_eval(_evaluate(model, step, eval_data, metrics, acc), model))
                 history.stopped_early = stop
-                if any(cb(step, history) for cb in callbacks):
+                if callbacks and run.shared(any(cb(step, history) for cb in callbacks)):
                     log.flush()
                     stop = True
                 if ckpt_dir is not None and (step % ckpt_every == 0 or step == cfg.steps or stop):
                     log.flush()
                     history.elapsed_s += time.perf_counter() - started
                     started = time.perf_counter()
-                    _write_checkpoint(ckpt_dir, step, model, run.state(train_data), cfg.keep)
+                    _write_checkpoint(ckpt_dir, step, model, run)
                 if plot is not None and not log.pending:
                     plot.update(history)
                 if stop:
