@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,10 @@ def main() -> None:
     print(f"stopped at step {stopped['steps_done']} and run again: resumed from step {resumed['resumed_from']}, "
           f"losses and test scores {'identical to' if same_after_resume else 'DIFFERENT from'} the uninterrupted run")
     if args.write:
+        from importlib import metadata
         record = {"command": "python bench/distributed_pretraining.py " + " ".join(sys.argv[1:]),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+                  "versions": {name: metadata.version(name) for name in ("torch", "accelerate", "transformers")},
                   "processes": args.processes, "steps": args.steps, "dropout": args.dropout, **gaps,
                   "test": {"1": one["test"], str(args.processes): many["test"]},
                   "seconds": {"1": one["seconds"], str(args.processes): many["seconds"]},

@@ -104,4 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    from utils.checkpoint import CheckpointError
+    try:
+        main()
+    except (CheckpointError, ValueError) as error:    # a wrong option or checkpoint: the message, no traceback
+        sys.exit(f"error: {error}")
