@@ -346,7 +346,7 @@ class _Batches:
 def _accelerator(cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None) -> Any:
     """An `accelerate.Accelerator` for this run: it places the model, runs mixed precision (with the
     GradScaler for float16), accumulates gradients and, when started by `accelerate launch` or
-    `torchrun` on several processes, wraps the model in DistributedDataParallel and shards the batches."""
+    `torchrun` on several processes, wraps the model in DistributedDataParallel (`_shard` splits the batches)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import GradientAccumulationPlugin
