@@ -337,10 +337,11 @@ def subset(part, n: int | None, seed: int = 0):
 
 
 def run(arm: str, prepared: Prepared, size: int | None, settings: FinetuneSettings,
-        keep_model: bool = False, **train_options: Any) -> dict[str, Any]:
+        keep_model: bool = False, mini_bert: str | Path | None = None, **train_options: Any) -> dict[str, Any]:
     """Fine-tune a fresh `arm` classifier on `size` labelled sentences (stratified with settings.seed)
-    and score it on the test split. Returns one row: arm, size, seed, lr, steps, accuracies, time."""
-    model = new_classifier(arm, settings.seed, settings.pooling, settings.dropout)
+    and score it on the test split. Returns one row: arm, size, seed, lr, steps, accuracies, time.
+    mini_bert: another pretrained mini-BERT folder than chapter 04's (bench/pretraining_scaling.py)."""
+    model = new_classifier(arm, settings.seed, settings.pooling, settings.dropout, mini_bert=mini_bert)
     part = subset(prepared.data["train"], size, settings.seed)
     started = time.perf_counter()
     history = fine_tune(model, part, prepared.validation, prepared.tokenizer, settings, **train_options)
@@ -414,6 +415,39 @@ def nearest_words(embeddings: torch.Tensor, tokenizer, words: Sequence[str], k: 
         similarity[[ids[0], *special]] = -2.0
         result[word] = tokenizer.convert_ids_to_tokens(similarity.topk(k).indices.tolist())
     return result
+
+
+from course.ch04_pretraining import settings_for, text_identity
+from utils.sweeps import read_record
+
+SCALING_MULTIPLES = (0, 0.25, 0.5, 1, 2, 4)     # of chapter 04's pretraining steps; 0: random weights
+SCALING_SIZES = (100, 300, 1000)
+
+
+def scaling_path(preset: str) -> Path:
+    import utils
+    return Path(utils.__file__).resolve().parents[1] / "bench" / "results" / f"pretraining_scaling_{preset}.json"
+
+
+def scaling_settings(preset: str) -> dict[str, Any]:
+    """What the pretraining-scaling table is made with: chapter 04's recipe, the budgets, this chapter's protocol."""
+    experiment = experiment_for(preset)
+    return {"recipe": asdict(settings_for(preset)), "multiples": SCALING_MULTIPLES, "sizes": SCALING_SIZES,
+            "fine-tuning": {"small": asdict(experiment.small), "seeds": experiment.seeds,
+                            "learning_rates": experiment.learning_rates}}
+
+
+def scaling_identity(data, preset: str) -> dict[str, str]:
+    """The text chapter 04 pretrains on and the sentiment set: another of either needs another table."""
+    return {**sentiment_fingerprint(data), **text_identity(settings_for(preset))}
+
+
+def load_scaling(preset: str, data) -> dict[str, Any]:
+    """bench/pretraining_scaling.py's committed table for `preset`, refused if made with other settings or data."""
+    return read_record(scaling_path(preset), settings=scaling_settings(preset), inputs=scaling_identity(data, preset),
+                       rerun=f"python bench/pretraining_scaling.py --preset {preset}",
+                       made_by=f"scaling_settings({preset!r})",
+                       inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
 
 
 def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.ndarray, k: int = 8) -> list[dict]:

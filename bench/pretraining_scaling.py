@@ -1,0 +1,116 @@
+"""Chapter 04's pretraining against chapter 05's fine-tuning: how much pretraining compute before it pays off?
+
+    python bench/pretraining_scaling.py                 # this machine's preset (cpu without a GPU): ~18 min on 2 cores
+    python bench/pretraining_scaling.py --preset gpu    # budgets up to 4 x the GPU recipe's 20,000 steps
+
+For a geometric series of pretraining budgets (0 = random weights, then 1/4, 1/2, 1, 2 and 4 times the chapter's
+steps, each a full run with its own warmup and decay), it pretrains chapter 04's recipe with chapter 04's code
+(`pretrained_mini_bert`, only `steps` changed: the chapter's own budget is its cached artifact), scores masked-token
+accuracy at the [MASK] positions of WikiText-2 test (and the unigram guess there), then fine-tunes at 100, 300 and
+1,000 labels with chapter 05's protocol: its budget per size, its learning rates tried with seed 0 and the best on
+validation accuracy kept, seeds 0-2 at that rate, accuracy on the test split. Writes
+bench/results/pretraining_scaling_<preset>.json: per budget the tokens seen, FLOPs ~ 6·N·tokens (N: the parameters
+outside the embeddings), the masked accuracies, and per size every seed's test accuracy, with mean and sd.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import utils  # noqa: E402
+from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,  # noqa: E402
+                                     settings_for, unigram_baseline)
+from course.ch05_fine_tuning import (SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run,  # noqa: E402
+                                     scaling_identity, scaling_path, scaling_settings)
+from utils.data import load_corpus, load_sentiment  # noqa: E402
+from utils.models import build_on_meta  # noqa: E402
+from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
+
+
+def masked_scores(folder: Path | None, reference: Path, settings, test, baseline: float) -> dict[str, float]:
+    """Accuracy at the [MASK] positions of the fixed WikiText-2 test set; folder None: random weights."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    tokenizer = AutoTokenizer.from_pretrained(reference)
+    if folder is None:
+        utils.seed_everything(settings.seed)
+        model = BertForMaskedLM(BertConfig.from_pretrained(reference))
+    else:
+        model = BertForMaskedLM.from_pretrained(folder)
+    inputs, labels = test
+    at_mask = (labels != -100) & (inputs == tokenizer.mask_token_id)
+    with torch.no_grad():
+        model.eval()
+        predicted = torch.cat([model(inputs[i:i + 256]).logits.argmax(-1) for i in range(0, len(inputs), 256)])
+    return {"masked accuracy at [MASK]": (predicted[at_mask] == labels[at_mask]).float().mean().item(),
+            "unigram at [MASK]": baseline}
+
+
+def non_embedding_parameters(reference: Path) -> int:
+    from transformers import BertConfig, BertModel
+    model = build_on_meta(BertConfig.from_pretrained(reference), BertModel)
+    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name and "pooler" not in name)
+
+
+def fine_tune_rows(arm: str, folder: Path, prepared, experiment, budget: dict) -> list[dict]:
+    """Chapter 05's protocol at each size: rates tried at seed 0, the best on validation at every seed."""
+    rows = []
+    for size in SCALING_SIZES:
+        rates = dict(experiment.learning_rates)[arm]
+        tried = [run(arm, prepared, size, experiment.budget(size, 0, lr), mini_bert=folder) for lr in rates]
+        best = max(tried, key=lambda row: row["validation accuracy"])
+        seeds = [best] + [run(arm, prepared, size, experiment.budget(size, seed, best["lr"]), mini_bert=folder)
+                          for seed in experiment.seeds if seed != 0]
+        for row in tried + seeds[1:]:
+            kept = {"size": size, "sentences": row["size"],
+                    **{k: row[k] for k in ("seed", "lr", "validation accuracy", "test accuracy")}}
+            rows.append({**budget, **kept, "chosen": row is best or all(row is not t for t in tried)})
+        accuracies = [row["test accuracy"] for row in seeds]
+        print(f"  {size:5d} labels: lr {best['lr']:g}, test {100 * statistics.mean(accuracies):.1f} "
+              f"± {100 * statistics.pstdev(accuracies):.1f}%", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sweep_arguments(__doc__.splitlines()[0], argv)
+    if args.reuse:
+        raise SystemExit("--reuse is not supported here: the pretrained models are cached already, run it again")
+    preset = args.preset or utils.preset()
+    recipe, experiment = settings_for(preset), experiment_for(preset)
+    data = load_sentiment()
+    prepared = prepare(data, "mini-bert")                  # the course's WordPiece: the same for every budget
+    reference = pretrained_mini_bert(recipe)               # the chapter's own artifact (built if missing)
+    tokenizer = prepared.tokenizer
+    test = fixed_masked_set(load_corpus("test"), tokenizer, recipe, seed=1234)   # as chapter 04 scores it
+    at_mask = torch.where((test[1] != -100) & (test[0] == tokenizer.mask_token_id), test[1], -100)
+    baseline = unigram_baseline(pack_blocks(corpus(recipe), tokenizer, recipe.block_size), at_mask, len(tokenizer),
+                                tokenizer.all_special_ids)["accuracy"]
+    n = non_embedding_parameters(reference)
+    print(f"{utils.describe()} · preset {preset} · {n:,} parameters outside the embeddings", flush=True)
+    rows, started = [], time.perf_counter()
+    for multiple in SCALING_MULTIPLES:
+        steps = round(multiple * recipe.steps)
+        settings = replace(recipe, steps=max(steps, 1))
+        folder = None if steps == 0 else pretrained_mini_bert(settings)
+        tokens = steps * recipe.batch_size * recipe.block_size
+        budget = {"pretraining steps": steps, "tokens": tokens, "flops": 6 * n * tokens,
+                  **masked_scores(folder, reference, recipe, test, baseline)}
+        print(f"{steps:6d} steps ({tokens / 1e6:.1f} M tokens): masked accuracy at [MASK] "
+              f"{100 * budget['masked accuracy at [MASK]']:.1f}% (unigram {100 * baseline:.1f}%)", flush=True)
+        rows += fine_tune_rows("random" if steps == 0 else "mini-bert", folder or reference, prepared, experiment,
+                               budget)
+    path = write_record(scaling_path(preset), preset=preset, settings=scaling_settings(preset),
+                        inputs=scaling_identity(data, preset), rows=rows, seconds=time.perf_counter() - started,
+                        command=sweep_command("bench/pretraining_scaling.py", args))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
