@@ -34,22 +34,19 @@ from utils.models import build_on_meta  # noqa: E402
 from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
 
 
-def masked_scores(folder: Path | None, reference: Path, settings, test, baseline: float) -> dict[str, float]:
-    """Accuracy at the [MASK] positions of the fixed WikiText-2 test set; folder None: random weights."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-    tokenizer = AutoTokenizer.from_pretrained(reference)
+def masked_accuracy(folder: Path | None, reference: Path, seed: int, inputs: torch.Tensor, labels: torch.Tensor,
+                    at_mask: torch.Tensor) -> float:
+    """Accuracy at the [MASK] positions `at_mask` of the fixed WikiText-2 test set; folder None: random weights."""
+    from transformers import BertConfig, BertForMaskedLM
     if folder is None:
-        utils.seed_everything(settings.seed)
+        utils.seed_everything(seed)
         model = BertForMaskedLM(BertConfig.from_pretrained(reference))
     else:
         model = BertForMaskedLM.from_pretrained(folder)
-    inputs, labels = test
-    at_mask = (labels != -100) & (inputs == tokenizer.mask_token_id)
     with torch.no_grad():
         model.eval()
         predicted = torch.cat([model(inputs[i:i + 256]).logits.argmax(-1) for i in range(0, len(inputs), 256)])
-    return {"masked accuracy at [MASK]": (predicted[at_mask] == labels[at_mask]).float().mean().item(),
-            "unigram at [MASK]": baseline}
+    return (predicted[at_mask] == labels[at_mask]).float().mean().item()
 
 
 def non_embedding_parameters(reference: Path) -> int:
@@ -87,20 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(data, "mini-bert")                  # the course's WordPiece: the same for every budget
     reference = pretrained_mini_bert(recipe)               # the chapter's own artifact (built if missing)
     tokenizer = prepared.tokenizer
-    test = fixed_masked_set(load_corpus("test"), tokenizer, recipe, seed=1234)   # as chapter 04 scores it
-    at_mask = torch.where((test[1] != -100) & (test[0] == tokenizer.mask_token_id), test[1], -100)
-    baseline = unigram_baseline(pack_blocks(corpus(recipe), tokenizer, recipe.block_size), at_mask, len(tokenizer),
-                                tokenizer.all_special_ids)["accuracy"]
+    inputs, labels = fixed_masked_set(load_corpus("test"), tokenizer, recipe, seed=1234)   # as chapter 04 scores it
+    at_mask = (labels != -100) & (inputs == tokenizer.mask_token_id)
+    baseline = unigram_baseline(pack_blocks(corpus(recipe), tokenizer, recipe.block_size),
+                                torch.where(at_mask, labels, -100), len(tokenizer), tokenizer.all_special_ids)["accuracy"]
     n = non_embedding_parameters(reference)
     print(f"{utils.describe()} · preset {preset} · {n:,} parameters outside the embeddings", flush=True)
     rows, started = [], time.perf_counter()
     for multiple in SCALING_MULTIPLES:
         steps = round(multiple * recipe.steps)
-        settings = replace(recipe, steps=max(steps, 1))
-        folder = None if steps == 0 else pretrained_mini_bert(settings)
+        folder = None if steps == 0 else pretrained_mini_bert(replace(recipe, steps=steps))
         tokens = steps * recipe.batch_size * recipe.block_size
         budget = {"pretraining steps": steps, "tokens": tokens, "flops": 6 * n * tokens,
-                  **masked_scores(folder, reference, recipe, test, baseline)}
+                  "masked accuracy at [MASK]": masked_accuracy(folder, reference, recipe.seed, inputs, labels, at_mask),
+                  "unigram at [MASK]": baseline}
         print(f"{steps:6d} steps ({tokens / 1e6:.1f} M tokens): masked accuracy at [MASK] "
               f"{100 * budget['masked accuracy at [MASK]']:.1f}% (unigram {100 * baseline:.1f}%)", flush=True)
         rows += fine_tune_rows("random" if steps == 0 else "mini-bert", folder or reference, prepared, experiment,
