@@ -23,6 +23,9 @@ from utils.hardware import preset as device_preset
 from utils.models import bert_config
 
 
+POSITIONS = ("learned", "sinusoidal")     # how the position vectors start (see section 5)
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     model: str = "tiny"             # a model size of utils.models (chapter 03's bert_config)
@@ -36,6 +39,8 @@ class PretrainSettings:
     dropout: float = 0.1            # in the encoder while pretraining (BERT: 0.1); 0 makes one process = N
     seed: int = 0
     in_domain: bool = True          # add the unlabelled sentiment *training* sentences to the corpus
+    wikitext: bool = True           # False: the sentiment training sentences alone (task-adaptive pretraining)
+    positions: str = "learned"      # "sinusoidal": the position vectors start as sine waves (and are trained)
     validation_blocks: int = 512    # of WikiText-2 validation, masked once, scored at each evaluation
     evaluations: int = 5
 
@@ -45,6 +50,10 @@ class PretrainSettings:
                              f"(BERT: 0.15), got {self.mask_probability!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout is a probability: give a number in [0, 1) (BERT: 0.1), got {self.dropout!r}")
+        if not (self.wikitext or self.in_domain):
+            raise ValueError("the corpus would be empty: keep wikitext=True or in_domain=True")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.vocab_size <= 5 or self.steps < 1 or self.block_size < 3:
             raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and block_size >= 3 "
                              f"([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
@@ -63,8 +72,9 @@ def settings_for(preset: str | None = None, **overrides) -> PretrainSettings:
 
 
 def corpus(settings: PretrainSettings) -> list[str]:
-    """WikiText-2 train, plus (in_domain) the sentiment training sentences without their labels."""
-    lines = load_corpus("train")
+    """WikiText-2 train (unless wikitext=False), plus (in_domain) the sentiment training sentences without
+    their labels."""
+    lines = load_corpus("train") if settings.wikitext else []
     if settings.in_domain:
         lines = lines + list(load_sentiment()["train"]["text"])
     return lines
@@ -180,7 +190,24 @@ def new_model(settings: PretrainSettings, tokenizer) -> BertForMaskedLM:
     config = bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                          max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings),
                          hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
-    return BertForMaskedLM(config)
+    model = BertForMaskedLM(config)
+    if settings.positions == "sinusoidal":
+        table = model.bert.embeddings.position_embeddings.weight
+        with torch.no_grad():
+            table.copy_(SINUSOID_SCALE * sinusoids(*table.shape))
+    return model
+
+
+SINUSOID_SCALE = 0.2      # the waves' amplitude; the word vectors start at about 0.02
+
+
+def sinusoids(positions: int, width: int) -> torch.Tensor:
+    """The Transformer's position table (Vaswani et al., 2017): sin and cos of position / 10000^(2i/width)."""
+    position = torch.arange(positions).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, width, 2) * (-math.log(10_000.0) / width))
+    table = torch.zeros(positions, width)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
+    return table
 
 
 def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, generator: torch.Generator):
@@ -288,8 +315,16 @@ def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: b
         trained = result if result is not None else pretrain(settings, **{"progress": True, **train_options})
         save_pretrained_mlm(trained, folder, settings)
     version = json.dumps({"recipe": 2, **asdict(settings), **text_identity(settings)}, sort_keys=True)
-    return get_or_build(f"mini-bert-mlm-{settings.model}-{settings.steps}", build, version=version,
-                        rebuild=rebuild or result is not None)
+    return get_or_build(artifact_name(settings), build, version=version, rebuild=rebuild or result is not None)
+
+
+def artifact_name(settings: PretrainSettings) -> str:
+    """A preset's recipe (at any number of steps) is "mini-bert-mlm-<model>-<steps>"; another recipe adds a
+    digest of its settings, so that trying one never replaces the chapter's cached model."""
+    name = f"mini-bert-mlm-{settings.model}-{settings.steps}"
+    if any(replace(settings, steps=preset.steps) == preset for preset in SETTINGS.values()):
+        return name
+    return f"{name}-{hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 def text_identity(settings: PretrainSettings) -> dict[str, str]:

@@ -3,11 +3,12 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
-from course.ch04_pretraining import (SPECIAL_TOKENS, MaskedOnlyMLM, PretrainSettings, mask_tokens, masked_lm_scores,
-                                     new_model, pack_blocks, pretrain, pretrained_mini_bert, settings_for,
-                                     special_mask, text_identity, train_wordpiece, unigram_baseline)
+from course.ch04_pretraining import (SINUSOID_SCALE, SPECIAL_TOKENS, MaskedOnlyMLM, PretrainSettings, artifact_name,
+                                     corpus, mask_tokens, masked_lm_scores, new_model, pack_blocks, pretrain,
+                                     pretrained_mini_bert, settings_for, sinusoids, special_mask, text_identity,
+                                     train_wordpiece, unigram_baseline)
 from utils.checkpoint import CheckpointError
-from utils.data import load_corpus
+from utils.data import load_corpus, load_sentiment
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,32 @@ def test_settings_presets_and_errors():
     assert settings_for("cpu", steps=5).steps == 5
     with pytest.raises(ValueError, match="unknown preset 'tpu'"):
         settings_for("tpu")
+
+
+def test_the_recipe_search_options_fail_at_the_door_and_leave_the_default_recipe_as_it_was(tokenizer):
+    with pytest.raises(ValueError, match="positions must be one of .'learned', 'sinusoidal'., got 'rotary'"):
+        PretrainSettings(positions="rotary")
+    with pytest.raises(ValueError, match="the corpus would be empty: keep wikitext=True or in_domain=True"):
+        PretrainSettings(wikitext=False, in_domain=False)
+    sentences = list(load_sentiment()["train"]["text"])
+    assert corpus(PretrainSettings(wikitext=False)) == sentences
+    assert corpus(PretrainSettings()) == load_corpus("train") + sentences
+    table = sinusoids(64, 16)
+    assert table.shape == (64, 16) and torch.allclose(table[:, 0], torch.sin(torch.arange(64.0)))
+    assert torch.equal(table[0, 1::2], torch.ones(8))            # cos(0) in every odd column
+    settings = PretrainSettings(vocab_size=600, block_size=32)
+    torch.manual_seed(0)
+    learned = new_model(settings, tokenizer)
+    torch.manual_seed(0)
+    waves = new_model(PretrainSettings(vocab_size=600, block_size=32, positions="sinusoidal"), tokenizer)
+    positions = waves.bert.embeddings.position_embeddings.weight
+    assert torch.equal(positions, SINUSOID_SCALE * sinusoids(*positions.shape))
+    for (name, a), b in zip(learned.named_parameters(), waves.parameters()):      # the rest starts the same
+        assert "position_embeddings" in name or torch.equal(a, b), name
+    assert artifact_name(settings_for("cpu", steps=275)) == "mini-bert-mlm-tiny-275"       # the scaling bench's names
+    assert artifact_name(settings_for("gpu")) == "mini-bert-mlm-small-20000"
+    other = artifact_name(settings_for("cpu", dropout=0.0))
+    assert other.startswith("mini-bert-mlm-tiny-1100-") and other != artifact_name(settings_for("cpu", positions="sinusoidal"))
 
 
 def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cache_dir):
