@@ -56,20 +56,28 @@ def non_embedding_parameters(reference: Path) -> int:
 
 
 def fine_tune_rows(arm: str, folder: Path, prepared, experiment, budget: dict) -> list[dict]:
-    """Chapter 05's protocol at each size: rates tried at seed 0, the best on validation at every seed."""
+    """Chapter 05's protocol for `arm` (the weights in `folder`) at each size, rows labelled with `budget`."""
+    def runner(size, seed, lr):
+        row = run(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
+        return {**row, "sentences": row["size"]}
+    return protocol(budget, SCALING_SIZES, dict(experiment.learning_rates)[arm], experiment.seeds, runner)
+
+
+def protocol(label: dict, sizes, rates, seeds, runner, show: str = "") -> list[dict]:
+    """Chapter 05's protocol at each size: `rates` tried with seed 0, the best on validation kept, every seed at
+    that rate. runner(size, seed, lr) returns a row with "seed", "lr", "validation accuracy", "test accuracy"
+    (and "sentences", kept when given). Returns one row per run, labelled with `label`; "chosen": the kept rate."""
     rows = []
-    for size in SCALING_SIZES:
-        rates = dict(experiment.learning_rates)[arm]
-        tried = [run(arm, prepared, size, experiment.budget(size, 0, lr), mini_bert=folder) for lr in rates]
+    for size in sizes:
+        tried = [runner(size, 0, lr) for lr in rates]
         best = max(tried, key=lambda row: row["validation accuracy"])
-        seeds = [best] + [run(arm, prepared, size, experiment.budget(size, seed, best["lr"]), mini_bert=folder)
-                          for seed in experiment.seeds if seed != 0]
-        for row in tried + seeds[1:]:
-            kept = {"size": size, "sentences": row["size"],
-                    **{k: row[k] for k in ("seed", "lr", "validation accuracy", "test accuracy")}}
-            rows.append({**budget, **kept, "chosen": row is best or all(row is not t for t in tried)})
-        accuracies = [row["test accuracy"] for row in seeds]
-        print(f"  {size:5d} labels: lr {best['lr']:g}, test {100 * statistics.mean(accuracies):.1f} "
+        kept = [best] + [runner(size, seed, best["lr"]) for seed in seeds if seed != 0]
+        for row in tried + kept[1:]:
+            rows.append({**label, "size": size, **{k: row[k] for k in ("sentences",) if k in row},
+                         **{k: row[k] for k in ("seed", "lr", "validation accuracy", "test accuracy")},
+                         "chosen": row is best or all(row is not t for t in tried)})
+        accuracies = [row["test accuracy"] for row in kept]
+        print(f"  {show}{size:5d} labels: lr {best['lr']:g}, test {100 * statistics.mean(accuracies):.1f} "
               f"± {100 * statistics.pstdev(accuracies):.1f}%", flush=True)
     return rows
 

@@ -178,9 +178,11 @@ class Prepared:
     test: Any
 
 
-def prepare(data, arm: str, max_length: int = 64, eval_batch_size: int = 128) -> Prepared:
-    """Tokenize the sentiment DatasetDict with `arm`'s tokenizer and build its evaluation loaders."""
-    tokenizer = load_tokenizer(arm)
+def prepare(data, arm: str, max_length: int = 64, eval_batch_size: int = 128,
+            mini_bert: str | Path | None = None) -> Prepared:
+    """Tokenize the sentiment DatasetDict with `arm`'s tokenizer and build its evaluation loaders.
+    mini_bert: another pretrained mini-BERT folder, whose tokenizer to use (bench/pretraining_recipes.py)."""
+    tokenizer = load_tokenizer(arm, mini_bert)
     tokens = tokenize(data, tokenizer, max_length)
     return Prepared(tokenizer, tokens, batches(tokens["validation"], tokenizer, eval_batch_size, shuffle=False),
                     batches(tokens["test"], tokenizer, eval_batch_size, shuffle=False))
@@ -447,6 +449,39 @@ def load_scaling(preset: str, data) -> dict[str, Any]:
     return read_record(scaling_path(preset), settings=scaling_settings(preset), inputs=scaling_identity(data, preset),
                        rerun=f"python bench/pretraining_scaling.py --preset {preset}",
                        made_by=f"scaling_settings({preset!r})",
+                       inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
+
+
+RECIPE_VARIANTS = (      # chapter 04's CPU recipe with these settings changed, at its budget (bench/pretraining_recipes.py)
+    ("chapter 04", {}),
+    ("no dropout", {"dropout": 0.0}),
+    ("40% masking, no dropout", {"dropout": 0.0, "mask_probability": 0.4}),
+    ("40%, no dropout, sinusoidal positions", {"dropout": 0.0, "mask_probability": 0.4, "positions": "sinusoidal"}),
+    ("in-domain only, 40%, no dropout", {"wikitext": False, "dropout": 0.0, "mask_probability": 0.4}),
+    ("in-domain only, 40%, no dropout, sinusoidal positions",
+     {"wikitext": False, "dropout": 0.0, "mask_probability": 0.4, "positions": "sinusoidal"}),
+)
+RECIPE_LEVERS = (        # fine-tuning that tries to keep what pretraining learned, on the best variant, both arms
+    ("encoder at 1/10 of the head's rate", {"body_scale": 0.1, "rates": (1e-3, 3e-3)}),
+    ("300 steps instead of 80", {"steps": 300, "rates": (3e-4, 1e-3, 3e-3)}),
+)
+
+
+def recipes_path(preset: str) -> Path:
+    return scaling_path(preset).with_name(f"pretraining_recipes_{preset}.json")
+
+
+def recipes_settings(preset: str) -> dict[str, Any]:
+    """What the recipe search is made with: the recipe, its variants and levers, this chapter's protocol."""
+    return {**{k: v for k, v in scaling_settings(preset).items() if k != "multiples"},
+            "variants": RECIPE_VARIANTS, "levers": RECIPE_LEVERS}
+
+
+def load_recipes(preset: str, data) -> dict[str, Any]:
+    """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data."""
+    return read_record(recipes_path(preset), settings=recipes_settings(preset), inputs=scaling_identity(data, preset),
+                       rerun=f"python bench/pretraining_recipes.py --preset {preset}",
+                       made_by=f"recipes_settings({preset!r})",
                        inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
 
 

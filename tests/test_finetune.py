@@ -210,3 +210,15 @@ def test_experiment_settings_and_bad_names():
     with pytest.raises(ValueError, match="unknown arm"):
         finetune.new_classifier("bert-huge")
     assert finetune.TEACHER_LR in dict(cpu.learning_rates)["MiniLM"]
+
+
+def test_the_committed_pretraining_tables_match_the_code_that_reads_them():
+    """Chapter 05 reads bench/results/pretraining_{scaling,recipes}_cpu.json: a change to chapter 04's recipe,
+    its variants or this chapter's protocol makes them stale, and this fails before the notebook does."""
+    from utils.data import load_sentiment
+    data = load_sentiment()
+    scaling, recipes = finetune.load_scaling("cpu", data), finetune.load_recipes("cpu", data)
+    assert {row["pretraining steps"] for row in scaling["rows"]} == {round(m * 1100) for m in finetune.SCALING_MULTIPLES}
+    assert [name for name, _ in finetune.RECIPE_VARIANTS] == list(dict.fromkeys(row["variant"] for row in recipes["rows"]))
+    with pytest.raises(FileNotFoundError, match=r"pretraining_recipes_gpu.json is missing: run `python bench/pretraining_recipes.py --preset gpu`"):
+        finetune.load_recipes("gpu", data)

@@ -1,0 +1,125 @@
+"""Pretraining recipes at chapter 04's budget against chapter 05's fine-tuning: does any of them pay off?
+
+    python bench/pretraining_recipes.py                 # ~27 min on 2 cores (the pretrained models are cached)
+
+Each variant is chapter 04's CPU recipe with a few settings changed (`RECIPE_VARIANTS` in chapter 05) and the same
+budget: 1,100 steps of 64 blocks of 64 tokens (4.5 M tokens). It is pretrained with chapter 04's code
+(`pretrained_mini_bert`, cached under its own name) and scored at the [MASK] positions of WikiText-2 test and of the
+sentiment *validation* sentences, both masked at 15% as chapter 04 scores (with the variant's tokenizer), next to
+the unigram guess there. Then chapter 05's protocol at 100, 300 and 1,000 labels: its rates tried with seed 0, the
+best on validation accuracy kept, seeds 0-2 at that rate, test accuracy; for the variant and for random weights with
+the variant's tokenizer (random weights depend on nothing else). Last, two fine-tuning levers on the variant with
+the best [MASK] accuracy on the sentiment sentences, for both arms: the encoder at a tenth of the head's rate
+(ULMFiT's discriminative rates), and 300 steps instead of 80 with rates 3e-4, 1e-3 and 3e-3.
+Writes bench/results/pretraining_recipes_<preset>.json.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import utils  # noqa: E402
+from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,  # noqa: E402
+                                     settings_for, unigram_baseline)
+from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZES, experiment_for,  # noqa: E402
+                                     fine_tune, new_classifier, predict_proba, prepare, recipes_path,
+                                     recipes_settings, run, scaling_identity, scores, subset)
+from utils.data import load_corpus, load_sentiment  # noqa: E402
+from pretraining_scaling import protocol  # noqa: E402  (bench/ is on the path: this script's folder)
+from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
+
+
+def at_mask(folder: Path, tokenizer, lines: list[str], recipe, variant) -> dict[str, float]:
+    """Accuracy at the [MASK] positions of `lines` (masked once as `recipe` masks, seed 1234) and the unigram
+    guess there, from the token frequencies of `variant`'s corpus."""
+    from transformers import BertForMaskedLM
+    inputs, labels = fixed_masked_set(lines, tokenizer, recipe, seed=1234)
+    where = (labels != -100) & (inputs == tokenizer.mask_token_id)
+    model = BertForMaskedLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(inputs[i:i + 256]).logits.argmax(-1) for i in range(0, len(inputs), 256)])
+    unigram = unigram_baseline(pack_blocks(corpus(variant), tokenizer, variant.block_size),
+                               torch.where(where, labels, -100), len(tokenizer), tokenizer.all_special_ids)["accuracy"]
+    return {"accuracy": (predicted[where] == labels[where]).float().mean().item(), "unigram": unigram}
+
+
+def lever_run(arm: str, prepared, size: int, settings, folder: Path, body_scale: float) -> dict:
+    """Chapter 05's `run` with the encoder's learning rate `body_scale` times the head's (AdamW, no decay on
+    biases and LayerNorm weights, as utils.train's default)."""
+    model = new_classifier(arm, settings.seed, settings.pooling, settings.dropout, mini_bert=folder)
+    groups = []
+    for part, scale in ((model.encoder, body_scale), (model.classifier, 1.0)):
+        named = list(part.named_parameters())
+        groups += [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": settings.weight_decay,
+                    "lr": settings.lr * scale},
+                   {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr": settings.lr * scale}]
+    train_part = subset(prepared.data["train"], size, settings.seed)
+    history = fine_tune(model, train_part, prepared.validation, prepared.tokenizer, settings,
+                        optimizer=torch.optim.AdamW(groups, lr=settings.lr))
+    return {"seed": settings.seed, "lr": settings.lr, "validation accuracy": history.best_value,
+            "test accuracy": scores(prepared.data["test"]["labels"], predict_proba(model, prepared.test))["accuracy"]}
+
+
+def labelled(variant: str, lever: str, masked: dict) -> dict:
+    """The fields every row of a variant carries: its name, the fine-tuning, its [MASK] scores."""
+    return {"variant": variant, "lever": lever, **{f"[MASK] {text}": m["accuracy"] for text, m in masked.items()},
+            **{f"unigram {text}": m["unigram"] for text, m in masked.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sweep_arguments(__doc__.splitlines()[0], argv)
+    if args.reuse:
+        raise SystemExit("--reuse is not supported here: the pretrained models are cached already, run it again")
+    preset = args.preset or utils.preset()
+    recipe, experiment = settings_for(preset), experiment_for(preset)
+    data = load_sentiment()
+    texts = {"WikiText-2 test": load_corpus("test"), "sentiment validation": list(data["validation"]["text"])}
+    print(f"{utils.describe()} · preset {preset}", flush=True)
+    rows, scored, started = [], {}, time.perf_counter()
+    random_done: set[str] = set()
+    for name, changes in RECIPE_VARIANTS:
+        variant = replace(recipe, **changes)
+        folder = pretrained_mini_bert(variant)
+        prepared = prepare(data, "mini-bert", mini_bert=folder)
+        masked = {text: at_mask(folder, prepared.tokenizer, lines, recipe, variant) for text, lines in texts.items()}
+        scored[name] = (folder, prepared, masked)
+        print(f"{name}: " + ", ".join(f"[MASK] {text} {100 * m['accuracy']:.1f}% (unigram {100 * m['unigram']:.1f}%)"
+                                      for text, m in masked.items()), flush=True)
+        label = labelled(name, "chapter 05's protocol", masked)
+        rates = dict(experiment.learning_rates)
+
+        def runner(arm, size, seed, lr, folder=folder, prepared=prepared):
+            return run(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
+        tokenizer_key = str(variant.wikitext) + str(variant.in_domain) + str(variant.vocab_size)
+        arms = ["mini-bert"] + (["random"] if tokenizer_key not in random_done else [])
+        random_done.add(tokenizer_key)
+        for arm in arms:
+            rows += protocol({**label, "arm": arm}, SCALING_SIZES, rates[arm], experiment.seeds,
+                             lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
+    best = max(scored, key=lambda name: scored[name][2]["sentiment validation"]["accuracy"])
+    folder, prepared, masked = scored[best]
+    print(f"fine-tuning levers on {best!r}", flush=True)
+    for lever, spec in RECIPE_LEVERS:
+        label = labelled(best, lever, masked)
+
+        def runner(arm, size, seed, lr, spec=spec, folder=folder, prepared=prepared):
+            settings = replace(experiment.budget(size, seed, lr), steps=spec.get("steps", experiment.small.steps))
+            return lever_run(arm, prepared, size, settings, folder, spec.get("body_scale", 1.0))
+        for arm in ("mini-bert", "random"):
+            rows += protocol({**label, "arm": arm}, SCALING_SIZES, spec["rates"], experiment.seeds,
+                             lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
+    path = write_record(recipes_path(preset), preset=preset, settings=recipes_settings(preset),
+                        inputs=scaling_identity(data, preset), rows=rows, seconds=time.perf_counter() - started,
+                        command=sweep_command("bench/pretraining_recipes.py", args))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
