@@ -31,22 +31,18 @@ from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZ
                                      fine_tune, new_classifier, predict_proba, prepare, recipes_path,
                                      recipes_settings, run, scaling_identity, scores, subset)
 from utils.data import load_corpus, load_sentiment  # noqa: E402
-from pretraining_scaling import protocol  # noqa: E402  (bench/ is on the path: this script's folder)
+from pretraining_scaling import masked_accuracy, protocol  # noqa: E402  (bench/ is on the path: this script's folder)
 from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
 
 
-def at_mask(folder: Path, tokenizer, lines: list[str], recipe, variant) -> dict[str, float]:
+def at_mask(folder: Path, tokenizer, lines: list[str], recipe, train_blocks: torch.Tensor) -> dict[str, float]:
     """Accuracy at the [MASK] positions of `lines` (masked once as `recipe` masks, seed 1234) and the unigram
-    guess there, from the token frequencies of `variant`'s corpus."""
-    from transformers import BertForMaskedLM
+    guess there, from the token frequencies of the variant's training blocks."""
     inputs, labels = fixed_masked_set(lines, tokenizer, recipe, seed=1234)
     where = (labels != -100) & (inputs == tokenizer.mask_token_id)
-    model = BertForMaskedLM.from_pretrained(folder).eval()
-    with torch.no_grad():
-        predicted = torch.cat([model(inputs[i:i + 256]).logits.argmax(-1) for i in range(0, len(inputs), 256)])
-    unigram = unigram_baseline(pack_blocks(corpus(variant), tokenizer, variant.block_size),
-                               torch.where(where, labels, -100), len(tokenizer), tokenizer.all_special_ids)["accuracy"]
-    return {"accuracy": (predicted[where] == labels[where]).float().mean().item(), "unigram": unigram}
+    unigram = unigram_baseline(train_blocks, torch.where(where, labels, -100), len(tokenizer),
+                               tokenizer.all_special_ids)["accuracy"]
+    return {"accuracy": masked_accuracy(folder, folder, recipe.seed, inputs, labels, where), "unigram": unigram}
 
 
 def lever_run(arm: str, prepared, size: int, settings, folder: Path, body_scale: float) -> dict:
@@ -82,21 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     texts = {"WikiText-2 test": load_corpus("test"), "sentiment validation": list(data["validation"]["text"])}
     print(f"{utils.describe()} · preset {preset}", flush=True)
     rows, scored, started = [], {}, time.perf_counter()
-    random_done: set[str] = set()
+    rates = dict(experiment.learning_rates)
+    random_done: set[tuple] = set()                  # random weights depend only on the tokenizer
     for name, changes in RECIPE_VARIANTS:
         variant = replace(recipe, **changes)
         folder = pretrained_mini_bert(variant)
         prepared = prepare(data, "mini-bert", mini_bert=folder)
-        masked = {text: at_mask(folder, prepared.tokenizer, lines, recipe, variant) for text, lines in texts.items()}
+        blocks = pack_blocks(corpus(variant), prepared.tokenizer, variant.block_size)     # once per variant
+        masked = {text: at_mask(folder, prepared.tokenizer, lines, recipe, blocks) for text, lines in texts.items()}
         scored[name] = (folder, prepared, masked)
         print(f"{name}: " + ", ".join(f"[MASK] {text} {100 * m['accuracy']:.1f}% (unigram {100 * m['unigram']:.1f}%)"
                                       for text, m in masked.items()), flush=True)
         label = labelled(name, "chapter 05's protocol", masked)
-        rates = dict(experiment.learning_rates)
 
         def runner(arm, size, seed, lr, folder=folder, prepared=prepared):
             return run(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
-        tokenizer_key = str(variant.wikitext) + str(variant.in_domain) + str(variant.vocab_size)
+        tokenizer_key = (variant.wikitext, variant.in_domain, variant.vocab_size, variant.block_size)
         arms = ["mini-bert"] + (["random"] if tokenizer_key not in random_done else [])
         random_done.add(tokenizer_key)
         for arm in arms:
