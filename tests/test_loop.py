@@ -124,8 +124,31 @@ def test_a_corrupt_checkpoint_is_named_and_the_one_before_still_resumes_exactly(
 def test_resuming_on_smaller_data_is_a_clear_error(tmp_path):
     with pytest.raises(Crash):
         run(tmp_path, callbacks=[crash_at(6)])  # checkpoint at step 4: 8 batches into the epoch
+    with pytest.raises(CheckpointError, match=r"step-000004 was trained on other data .* resume=False"):
+        run(tmp_path, train_size=64)  # other data: its epoch starts with another batch
+    # the same data cut short (its first batch unchanged): the replay runs out of batches
+    x, y = torch.randn(200, 2), torch.randint(0, 2, (200,))
+    short = tmp_path / "short"
+    with pytest.raises(Crash):
+        train(Classifier(), DataLoader(TensorDataset(x, y), batch_size=16), steps=30, lr=1e-3, checkpoint_dir=short,
+              checkpoint_every=4, callbacks=[crash_at(6)], **QUIET)
     with pytest.raises(CheckpointError, match="train_data has fewer batches than when the checkpoint"):
-        run(tmp_path, train_size=64)  # 4 batches per epoch
+        train(Classifier(), DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16), steps=30, lr=1e-3,
+              checkpoint_dir=short, checkpoint_every=4, **QUIET)
+
+
+def test_a_finished_run_is_not_reused_for_other_data_even_unnamed(tmp_path):
+    """No inputs= given: the loop still tells the data apart, by the first batch of the epoch it stopped in."""
+    first, _ = run(tmp_path)
+    model = Classifier()
+    before = [p.detach().clone() for p in model.parameters()]
+    other = DataLoader(TensorDataset(torch.randn(200, 2), torch.randint(0, 2, (200,))), batch_size=16, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    with pytest.raises(CheckpointError, match="was trained on other data"):
+        train(model, other, steps=30, lr=5e-3, warmup=0.2, grad_accum=2, checkpoint_dir=tmp_path, **QUIET)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))   # the model is left as it was
+    again, _ = run(tmp_path)                                                    # the same data: reused at once
+    assert again.resumed_from == 30 and again.losses == first.losses
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):

@@ -34,6 +34,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, atomic_path, load_module, load_state, save_module, save_state, short_value
 from .hardware import amp_dtype, pick_device
+from .identity import digest
 
 SCHEDULES = ("constant", "linear", "cosine")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -306,11 +307,11 @@ class _Batches:
                              f"the dataset with drop_last=True?")
         self.data, self.name = data, name
         self.source = data if source is None else source  # the user's loader, whose generators are saved
-        self.taken, self.epoch_rng, self._it = 0, None, None
+        self.taken, self.epoch_rng, self._it, self.first = 0, None, None, None
 
     def _start_epoch(self) -> None:
         self.epoch_rng = _rng_state(self.source)
-        self._it, self.taken = iter(self.data), 0
+        self._it, self.taken, self.first = iter(self.data), 0, None
 
     def next(self) -> Any:
         if self._it is None:
@@ -324,22 +325,44 @@ class _Batches:
                                      f"(a generator can be iterated only once)?") from None
                 self._start_epoch()
                 continue
+            if self.taken == 0:
+                self.first = _batch_digest(batch)
             self.taken += 1
             return batch
 
     def state(self) -> dict[str, Any]:
-        return {"taken": self.taken, "epoch_rng": self.epoch_rng}
+        return {"taken": self.taken, "epoch_rng": self.epoch_rng, "first batch": self.first}
+
+    def same_data(self, state: Mapping[str, Any]) -> bool:
+        """Whether the epoch that `state` was in starts, replayed now, with the batch it started with then: what
+        a checkpoint trained on says, when nobody named its data with inputs= (the random state is put back)."""
+        if state.get("epoch_rng") is None or state.get("first batch") is None:
+            return True              # not started yet, or written before first batches were recorded
+        now = _rng_state(self.source)
+        try:
+            _set_rng_state(state["epoch_rng"], self.source)
+            return _batch_digest(next(iter(self.data), None)) == state["first batch"]
+        finally:
+            _set_rng_state(now, self.source)
 
     def restore(self, state: Mapping[str, Any]) -> None:
         if state["epoch_rng"] is None:
             return
         _set_rng_state(state["epoch_rng"], self.source)
-        self._it, self.taken = iter(self.data), 0
+        self._it, self.taken, self.first = iter(self.data), 0, state.get("first batch")
         for _ in range(state["taken"]):  # replay the epoch's order up to where we were
             if next(self._it, None) is None:
                 raise CheckpointError(f"{self.name} has fewer batches than when the checkpoint was "
                                       f"written: pass resume=False, or resume with the same data")
             self.taken += 1
+
+
+def _batch_digest(batch: Any) -> str | None:
+    """A digest of one batch (its tensors' bytes), or None for a batch of things that have no digest."""
+    try:
+        return digest(batch)
+    except TypeError:
+        return None
 
 
 # ---------------------------------------------------------------- the accelerator
@@ -449,7 +472,8 @@ def _write_checkpoint(directory: Path, step: int, model: nn.Module, run: "_Run")
             shutil.rmtree(directory / f"step-{old:06d}", ignore_errors=True)
 
 
-def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module, acc: Any) -> dict[str, Any] | None:
+def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module, acc: Any,
+                     batches: "_Batches") -> dict[str, Any] | None:
     """Load the newest checkpoint's weights into `model` and return its trainer state (None if none)."""
     steps = checkpoint_steps(directory)
     if not steps:
@@ -486,6 +510,9 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module, acc: A
             state.update(load_state(last / f"process-{acc.process_index}.safetensors"))
         except CheckpointError as exc:
             raise unreadable(exc) from None
+    if not batches.same_data(state["data"]):
+        raise CheckpointError(f"{last} was trained on other data (its epoch began with another batch than train_data "
+                              f"yields now): pass resume=False to start over, or use another checkpoint_dir")
     try:  # only now, so that a refused resume leaves the model as it was
         load_module(model, last / "model.safetensors")
     except CheckpointError as exc:
@@ -707,7 +734,7 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     try:
         run = _Run.start(model, train_data, cfg, optimizer, acc)
         ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
-        state = _read_checkpoint(ckpt_dir, cfg, model, acc) if ckpt_dir is not None and cfg.resume else None
+        state = _read_checkpoint(ckpt_dir, cfg, model, acc, run.batches) if ckpt_dir is not None and cfg.resume else None
         if state is not None:
             run.resume(state)
         if run.history.steps_done < cfg.steps and not run.history.stopped_early:
