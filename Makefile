@@ -86,7 +86,7 @@ test-oldest: data
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c build/constraints-oldest.txt -e ".[dev]"
 	$(OLDEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(torch|transformers|datasets|tokenizers|accelerate|peft|huggingface.hub) "
 	rm -rf build/oldest-cache    # an empty cache: the chapter trains with the old releases, nothing is reused
-	FROM_ZERO_CACHE=$(CURDIR)/build/oldest-cache $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests chapters/$(OLDEST_CHAPTER).ipynb
+	FROM_ZERO_CACHE=$(CURDIR)/build/oldest-cache $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not after_chapters" tests chapters/$(OLDEST_CHAPTER).ipynb
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) build checkpoints data/cache

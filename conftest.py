@@ -41,6 +41,16 @@ import offline_guard  # noqa: E402
 offline_guard.install()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "after_chapters: runs after the notebooks, reusing the artifacts they built "
+                                       "(alone, it builds them first)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked after_chapters go last, where `make test` has already built the chapters' artifacts."""
+    items.sort(key=lambda item: item.get_closest_marker("after_chapters") is not None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """Fail any test, notebook cells included, during which a connection was refused."""

@@ -3,7 +3,6 @@
 
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -17,8 +16,8 @@ from tokenizers import models as tokenizer_models
 from torch import nn
 from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
-from utils import History, cache_root, evaluating, get_or_build, seed_everything, train
-from utils.data import load_corpus, load_sentiment, split_digest
+from utils import History, cache_root, digest, evaluating, get_or_build, made_from, seed_everything, train
+from utils.data import load_corpus, load_sentiment
 from utils.hardware import preset as device_preset
 from utils.models import bert_config
 
@@ -250,15 +249,13 @@ def masked_lm_scores(model, inputs: torch.Tensor, labels: torch.Tensor, batch_si
 def inputs_identity(text: list[str], validation_lines: list[str], tokenizer) -> dict[str, str]:
     """What a run is made from besides its settings: the text it trains and validates on, the vocabulary.
     Checkpoints are keyed on it, so another corpus (FROM_ZERO_CORPUS) never resumes this one's weights."""
-    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-    return {"training text sha256": split_digest(text), "validation text sha256": split_digest(validation_lines),
-            "vocabulary sha256": hashlib.sha256(vocabulary).hexdigest()}
+    return made_from(training_text=text, validation_text=validation_lines,
+                     vocabulary=sorted(tokenizer.get_vocab().items()))
 
 
 def training_folder(settings: PretrainSettings, inputs: dict[str, str]) -> Path:
     """Where `pretrain` keeps its training checkpoints: one folder per recipe and inputs, in the artifact cache."""
-    digest = hashlib.sha256(json.dumps([asdict(settings), inputs], sort_keys=True).encode()).hexdigest()[:10]
-    return cache_root() / "training" / f"mlm-{settings.model}-{digest}"
+    return cache_root() / "training" / f"mlm-{settings.model}-{digest((settings, inputs))[:10]}"
 
 
 def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **train_options: Any) -> dict[str, Any]:
@@ -314,8 +311,15 @@ def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: b
     def build(folder: Path) -> None:
         trained = result if result is not None else pretrain(settings, **{"progress": True, **train_options})
         save_pretrained_mlm(trained, folder, settings)
-    version = json.dumps({"recipe": 2, **asdict(settings), **text_identity(settings)}, sort_keys=True)
-    return get_or_build(artifact_name(settings), build, version=version, rebuild=rebuild or result is not None)
+    return get_or_build(artifact_name(settings), build, version=mini_bert_identity(settings),
+                        rebuild=rebuild or result is not None)
+
+
+def mini_bert_identity(settings: PretrainSettings | None = None) -> dict[str, str]:
+    """What the pretrained mini-BERT is made from: this recipe and the text it reads (its tokenizer is trained
+    from that text). A later chapter's result built on it names it by this, never by its trained weights."""
+    settings = settings or settings_for()
+    return made_from("mini-BERT pretrained with MLM (chapter 04)", settings, **text_identity(settings))
 
 
 def artifact_name(settings: PretrainSettings) -> str:
@@ -324,7 +328,7 @@ def artifact_name(settings: PretrainSettings) -> str:
     name = f"mini-bert-mlm-{settings.model}-{settings.steps}"
     if any(replace(settings, steps=preset.steps) == preset for preset in SETTINGS.values()):
         return name
-    return f"{name}-{hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]}"
+    return f"{name}-{digest(settings)[:8]}"
 
 
 def text_identity(settings: PretrainSettings) -> dict[str, str]:
@@ -339,5 +343,4 @@ def text_identity(settings: PretrainSettings) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=8)
 def _text_identity(settings: PretrainSettings, *sources: tuple) -> tuple:
-    return (("training text sha256", split_digest(corpus(settings))),
-            ("validation text sha256", split_digest(load_corpus("validation"))))
+    return tuple(made_from(training_text=corpus(settings), validation_text=load_corpus("validation")).items())

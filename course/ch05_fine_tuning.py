@@ -16,9 +16,9 @@ from transformers import AutoTokenizer, BertConfig, BertModel, DataCollatorWithP
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from utils import CheckpointError, History, add_to_class, evaluating, get_or_build, load_module, save_module
-from utils import pick_device, seed_everything, train
+from utils import made_from, pick_device, seed_everything, train
 from course.ch04_pretraining import pretrained_mini_bert
-from utils.data import load_behaviour_set, load_sentiment, sentiment_fingerprint
+from utils.data import load_behaviour_set, load_sentiment, sentiment_rows
 from utils.hardware import preset as device_preset
 from utils.models import load_pretrained, load_pretrained_tokenizer, model_identity, quiet_transformers
 
@@ -441,7 +441,7 @@ def scaling_settings(preset: str) -> dict[str, Any]:
 
 def scaling_identity(data, preset: str) -> dict[str, str]:
     """The text chapter 04 pretrains on and the sentiment set: another of either needs another table."""
-    return {**sentiment_fingerprint(data), **text_identity(settings_for(preset))}
+    return made_from(sentiment=sentiment_rows(data), **text_identity(settings_for(preset)))
 
 
 def load_scaling(preset: str, data) -> dict[str, Any]:
@@ -578,8 +578,12 @@ def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] 
         save_classifier(row["model"], load_tokenizer("MiniLM"), folder,
                         {"settings": {**asdict(settings), **used}, "test accuracy": row["test accuracy"],
                          "validation accuracy": row["validation accuracy"]})
-    # keyed by the recipe *and* what it was made from: other sentences (FROM_ZERO_SENTIMENT) or another
-    # encoder (FROM_ZERO_MODEL) rebuild the teacher, with a warning saying which, never reuse this one
-    made_from = {"recipe": 2, **asdict(settings), **sentiment_fingerprint(load_sentiment()), "model": model_identity()}
-    return get_or_build("teacher", build, version=json.dumps(made_from, sort_keys=True),
-                        rebuild=rebuild or result is not None)
+    return get_or_build("teacher", build, version=teacher_identity(settings), rebuild=rebuild or result is not None)
+
+
+def teacher_identity(settings: FinetuneSettings | None = None) -> dict[str, Any]:
+    """What the teacher is made from: this recipe, the sentences and labels, and the pretrained encoder's files.
+    Other sentences (FROM_ZERO_SENTIMENT) or another encoder (FROM_ZERO_MODEL) rebuild the teacher, with a
+    warning saying which; later chapters' results name the teacher by this, never by its trained weights."""
+    return made_from("MiniLM fine-tuned on the sentiment sentences (chapter 05)", settings or teacher_settings(),
+                     sentiment=sentiment_rows(load_sentiment()), encoder=model_identity())

@@ -18,11 +18,10 @@ import utils
 from course.ch03_model_anatomy import LoRALinear, add_lora, merge_lora
 from course.ch05_fine_tuning import (FinetuneSettings, Prepared, SentenceClassifier, batches, features, fine_tune,
                                      linear_probe, new_classifier, predict_proba, prepare, scores)
-from utils.artifacts import sha256_file
 from utils.checkpoint import atomic_path
-from utils.data import split_digest
+from utils.data import sentiment_rows
 from utils.hardware import preset as device_preset
-from utils.models import pretrained_source
+from utils.models import model_identity
 from utils.sweeps import read_record, write_record
 
 
@@ -300,12 +299,7 @@ def sweep(prepared: Prepared, settings: PeftSettings, methods: Sequence[str] = T
 
 def inputs_identity(data) -> dict[str, str]:
     """What a sweep's numbers depend on besides the settings: the sentences and labels, and the model."""
-    texts = [f"{split}\t{label}\t{text}" for split in ("train", "validation", "test")
-             for text, label in zip(data[split]["text"], data[split]["label"])]
-    source = Path(pretrained_source())
-    weights = source / "model.safetensors"
-    return {"sentiment sha256": split_digest(texts),
-            "model": sha256_file(weights) if weights.is_file() else str(source)}
+    return utils.made_from(sentiment=sentiment_rows(data), model=model_identity())
 
 
 def sweep_path(preset: str) -> Path:

@@ -2,7 +2,6 @@
 """07 · Knowledge distillation and compression (知识蒸馏, 剪枝, 量化)"""
 
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -21,9 +20,8 @@ from transformers.pytorch_utils import prune_linear_layer
 import utils
 from course.ch05_fine_tuning import (LengthGroupedSampler, Prepared, SentenceClassifier, _over_batches,
                                      accuracy, batches, load_classifier, new_classifier, predict_proba, prepare,
-                                     save_classifier, scores, teacher)
-from utils.artifacts import sha256_file
-from utils.data import load_sentiment, split_digest
+                                     save_classifier, scores, teacher, teacher_identity)
+from utils.data import load_sentiment, sentiment_rows
 from utils.hardware import preset as device_preset
 from utils.sweeps import read_record, write_record
 
@@ -135,10 +133,10 @@ def augmented_sentences(texts: Sequence[str], kinds: dict[str, list[str]], copie
 def teacher_logits(texts: Sequence[str], folder: str | Path | None = None, batch_size: int = 128,
                    max_length: int = 64) -> torch.Tensor:
     """The teacher's logits for `texts` (default teacher: chapter 05's, built if missing), computed once in
-    length-grouped batches and cached, keyed by the teacher's weights and the texts."""
+    length-grouped batches and cached, keyed by the teacher (what it is made from) and the texts."""
     folder = Path(folder) if folder is not None else teacher()
     texts = list(texts)
-    weights, sentences = sha256_file(folder / "model.safetensors"), split_digest(texts)
+    identity = utils.made_from("teacher logits (chapter 07)", {"max_length": max_length}, teacher=folder, texts=texts)
 
     def build(out: Path) -> None:
         model, tokenizer = load_classifier(folder)
@@ -146,8 +144,8 @@ def teacher_logits(texts: Sequence[str], folder: str | Path | None = None, batch
         logits = logits_of(model, batches(part, tokenizer, batch_size, shuffle=False))
         save_file({"logits": logits.contiguous()}, str(out / "logits.safetensors"))
 
-    path = utils.get_or_build(f"teacher-logits-{weights[:8]}-{sentences[:8]}", build,
-                              version=f"1:{weights}:{sentences}:{max_length}")
+    path = utils.get_or_build(f"teacher-logits-{identity['teacher'][:8]}-{identity['texts'][:8]}", build,
+                              version=identity)
     logits = load_file(str(path / "logits.safetensors"))["logits"]
     if len(logits) != len(texts):
         raise utils.CheckpointError(f"{path} holds {len(logits)} logits for {len(texts)} texts; delete it and run again")
@@ -358,15 +356,13 @@ RESULTS = Path(utils.__file__).resolve().parents[1] / "bench" / "results"
 
 
 def inputs_identity(data, teacher_folder: str | Path | None = None) -> dict[str, str]:
-    """What the race's numbers depend on besides the settings: the sentences and labels, the teacher's
-    weights and chapter 04's mini-BERT (its tokenizer and, for one student, its weights)."""
-    from course.ch05_fine_tuning import mini_bert_folder
-    texts = [f"{split}\t{label}\t{text}" for split in ("train", "validation", "test")
-             for text, label in zip(data[split]["text"], data[split]["label"])]
-    teacher_folder = Path(teacher_folder) if teacher_folder is not None else teacher()
-    return {"sentiment sha256": split_digest(texts),
-            "teacher": sha256_file(teacher_folder / "model.safetensors"),
-            "mini-bert": sha256_file(mini_bert_folder() / "model.safetensors")}
+    """What the race's numbers depend on besides the settings: the sentences and labels, the teacher and
+    chapter 04's mini-BERT (its tokenizer and, for one student, its weights), each named by what it is made
+    from (its recipe and inputs), not by its trained weights, so a committed race holds on any machine."""
+    from course.ch04_pretraining import mini_bert_identity
+    return utils.made_from(sentiment=sentiment_rows(data),
+                           teacher=Path(teacher_folder) if teacher_folder is not None else teacher_identity(),
+                           mini_bert=mini_bert_identity())
 
 
 def sweep_path(preset: str) -> Path:
@@ -596,5 +592,5 @@ def student(settings: DistillSettings | None = None, *, result: dict[str, Any] |
                         {"arm": row["arm"], "lr": row["lr"], "seed": row["seed"], "settings": asdict(settings),
                          "inputs": identity, "test accuracy": row["test accuracy"],
                          "validation accuracy": row["validation accuracy"]})
-    version = f"1:{json.dumps(asdict(settings), sort_keys=True)}:{json.dumps(identity, sort_keys=True)}"
+    version = utils.made_from("the race's best student (chapter 07)", settings, race=identity)
     return utils.get_or_build("student", build, version=version, rebuild=rebuild or result is not None)

@@ -151,9 +151,8 @@ Served: `FROM_ZERO_SERVE=this/folder uvicorn course.ch08_deployment:app` (see ch
 
 def model_folder(name: str, *, rebuild: bool = False) -> Path:
     """A self-contained model folder for "student" or "teacher": the chapter's files, `card.json`, `README.md`.
-    Cached; rebuilt when the source weights change."""
+    Cached; rebuilt when what the source model is made from (its recipe and inputs) changes."""
     source = source_folder(name)
-    source_weights = json.loads((source / utils.artifacts.MANIFEST).read_text())["files"]["model.safetensors"]
 
     def build(folder: Path) -> None:
         for path in source.iterdir():
@@ -165,7 +164,8 @@ def model_folder(name: str, *, rebuild: bool = False) -> Path:
         facts = card_facts(name, folder, model, measure(model, tokenizer, max_length=max_length))
         (folder / "card.json").write_text(json.dumps(facts, indent=1))
         (folder / "README.md").write_text(model_card(facts))
-    return utils.get_or_build(f"served-{name}", build, version=f"{CARD_FORMAT}:{source_weights}", rebuild=rebuild)
+    version = utils.made_from("model folder with its card (chapter 08)", {"card format": CARD_FORMAT}, source=source)
+    return utils.get_or_build(f"served-{name}", build, version=version, rebuild=rebuild)
 
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]      # (input_ids, attention_mask) int64 → logits
@@ -272,8 +272,8 @@ def onnx_files(name: str, *, rebuild: bool = False) -> Path:
     def build(target: Path) -> None:
         model, tokenizer = load_classifier(folder)
         quantise_onnx(export_onnx(model, tokenizer, target / "model.onnx"), target / "model-int8.onnx")
-    card = json.loads((folder / "card.json").read_text())
-    return utils.get_or_build(f"onnx-{name}", build, version=card["weights sha256"], rebuild=rebuild)
+    return utils.get_or_build(f"onnx-{name}", build, version=utils.made_from("ONNX export (chapter 08)", model=folder),
+                              rebuild=rebuild)
 
 
 def latency_ms(run: Runner, tokenizer, text: str, repeats: int = 30) -> float:

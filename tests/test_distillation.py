@@ -248,10 +248,7 @@ def test_committed_cpu_sweep_matches_the_chapter_settings_and_data():
         assert tried == set(settings.rates(arm)), arm
         best = chosen_rates(record["rows"])[arm]
         assert {row["seed"] for row in record["rows"] if row["arm"] == arm and row["lr"] == best} == set(settings.noise_seeds)
-    data = load_sentiment()
-    texts = [f"{split}\t{label}\t{text}" for split in ("train", "validation", "test")
-             for text, label in zip(data[split]["text"], data[split]["label"])]
-    assert record["inputs"]["sentiment sha256"] == ch07.split_digest(texts)
+    assert record["inputs"] == ch07.inputs_identity(load_sentiment())      # machine-independent: loads anywhere
 
 
 def test_unknown_preset_and_student_are_named(tokenizer):
@@ -265,7 +262,7 @@ def test_student_stores_a_given_run_and_reuses_it(tmp_path, monkeypatch, tokeniz
     import course.ch05_fine_tuning as finetune
     monkeypatch.setenv("FROM_ZERO_CACHE", str(tmp_path))
     monkeypatch.setattr(finetune, "load_tokenizer", lambda arm, mini_bert=None: tokenizer)
-    monkeypatch.setattr(ch07, "inputs_identity", lambda data: {"sentiment sha256": "x", "teacher": "y", "mini-bert": "z"})
+    monkeypatch.setattr(ch07, "inputs_identity", lambda data: {"sentiment": "x", "teacher": "y", "mini_bert": "z"})
     model = tiny(tokenizer)
     row = {"model": model, "arm": "distilled + augmented", "lr": 1e-3, "seed": 0, "test accuracy": 0.5,
            "validation accuracy": 0.5}

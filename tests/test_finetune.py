@@ -190,8 +190,7 @@ def test_other_sentences_rebuild_the_teacher_with_a_warning_never_reuse_it(store
     monkeypatch.setenv("FROM_ZERO_SENTIMENT", str(mine))
     trained = []
     monkeypatch.setattr(finetune, "run", lambda *a, **k: trained.append(1) or row)
-    with pytest.warns(UserWarning, match=r"rebuilding .*teacher: out of date \(made from test sha256 .*, now .*"
-                                         r"train sha256 .*validation sha256"):
+    with pytest.warns(UserWarning, match=r"rebuilding .*teacher: out of date \(made from sentiment .*, now .*"):
         assert finetune.teacher() == folder
     assert trained == [1]
     assert finetune.teacher() == folder and trained == [1]   # and then reused

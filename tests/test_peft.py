@@ -139,11 +139,11 @@ def test_chosen_rates_use_validation_of_the_first_seed_only():
 
 def test_a_sweep_made_with_other_settings_or_inputs_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(peft_chapter, "RESULTS", tmp_path)
-    monkeypatch.setattr(peft_chapter, "inputs_identity", lambda data: {"sentiment sha256": "a", "model": "b"})
+    monkeypatch.setattr(peft_chapter, "inputs_identity", lambda data: {"sentiment": "a", "model": "b"})
     settings = peft_settings("cpu")
     with pytest.raises(FileNotFoundError, match="python bench/peft_sweep.py --preset cpu"):
         load_sweep("cpu", settings, None)
-    record = {"settings": json.loads(json.dumps(asdict(settings))), "inputs": {"sentiment sha256": "a", "model": "b"}}
+    record = {"settings": json.loads(json.dumps(asdict(settings))), "inputs": {"sentiment": "a", "model": "b"}}
     (tmp_path / "peft_sweep_cpu.json").write_text(json.dumps(record))
     assert load_sweep("cpu", settings, None)["inputs"]["model"] == "b"
     with pytest.raises(ValueError, match="other settings"):

@@ -41,3 +41,23 @@ def test_the_sweep_scripts_options_and_command_line():
     args = sweep_arguments("a sweep", ["--preset", "gpu", "--reuse"])
     assert sweep_command("bench/x.py", args) == "python bench/x.py --preset gpu --reuse"
     assert sweep_command("bench/x.py", sweep_arguments("a sweep", [])) == "python bench/x.py"
+
+
+def test_a_record_made_here_must_be_matched_to_the_bit_one_made_elsewhere_within_the_noise(tmp_path, capsys):
+    from utils.sweeps import compare_reruns, made_here, rerun_tolerance
+    path = write_record(tmp_path / "x.json", preset="cpu", settings=SETTINGS, inputs=INPUTS, rows=[], seconds=1,
+                        command="c")
+    record = json.loads(path.read_text())
+    assert made_here(record) and rerun_tolerance(record, [[0.70, 0.74, 0.78]]) == 0.0
+    rows = compare_reruns(record, {"a, seed 0": (0.75, 0.75, [0.75, 0.7, 0.8]), "b, seed 0": (0.751, 0.75, [0.75])})
+    assert [r["within"] for r in rows] == [True, False]
+    assert "made on a machine like this one" in capsys.readouterr().out
+    elsewhere = {**record, "processor": "Another CPU · AVX2"}
+    assert not made_here(elsewhere) and not made_here({**record, "versions": {**record["versions"], "torch": "2.0"}})
+    # 4 × the seeds' sd, pooled over the groups (ddof=1): sd 0.04 and 0.02 → pooled √((0.0016·2 + 0.0004·2) / 4)
+    assert rerun_tolerance(elsewhere, [[0.70, 0.74, 0.78], [0.60, 0.62, 0.64]]) == pytest.approx(4 * 0.001 ** 0.5)
+    assert rerun_tolerance(elsewhere, [[0.75, 0.75, 0.75]]) == 0.02                                # the floor
+    rows = compare_reruns(elsewhere, {"a, seed 0": (0.80, 0.75, [0.70, 0.74, 0.78]),
+                                      "b, seed 0": (0.50, 0.75, [0.70, 0.74, 0.78])})
+    assert [r["within"] for r in rows] == [True, False]
+    assert "made elsewhere (Another CPU · AVX2" in capsys.readouterr().out

@@ -11,6 +11,7 @@ Where the code lives:
   utils.data        fetch, load_corpus, load_sentiment, load_behaviour_set   (offline data, chapter 04 on)
   utils.checkpoint  save_module, load_module, save_state, load_state (safetensors, atomic)
   utils.artifacts   get_or_build                                   (build-on-demand cache)
+  utils.identity    made_from, digest                              (what a result is made from: recipe + inputs)
   utils.report      show_table, what_we_measured, compare_gradients  (tables, gradient checks)
   utils.sweeps      write_record, read_record, sweep_arguments     (committed bench/ sweep records)
 
@@ -19,6 +20,7 @@ Importing this package has no side effects: nothing is seeded, no global setting
 from .artifacts import cache_root, get_or_build
 from .cells import add_to_class
 from .checkpoint import CheckpointError, load_module, load_state, save_module, save_state
+from .identity import digest, made_from
 from .hardware import amp_dtype, describe, needs_grad_scaler, pick_device, preset
 from .loop import History, TrainConfig, evaluate_loss, evaluating, lr_multiplier, train
 from .models import quiet_libraries
@@ -28,7 +30,7 @@ from .seeding import seed_everything, seed_worker, set_deterministic
 
 __all__ = [
     "CheckpointError", "History", "LivePlot", "TrainConfig", "add_to_class", "amp_dtype", "bar_chart", "cache_root", "compare_gradients",
-    "course_style", "describe", "draw_graph", "evaluate_loss", "evaluating", "get_or_build", "heatmap", "load_module", "load_state",
-    "lr_multiplier", "markdown_table", "needs_grad_scaler", "pick_device", "plot_history", "preset", "quiet_libraries", "save_module",
+    "course_style", "describe", "digest", "draw_graph", "evaluate_loss", "evaluating", "get_or_build", "heatmap", "load_module", "load_state",
+    "lr_multiplier", "made_from", "markdown_table", "needs_grad_scaler", "pick_device", "plot_history", "preset", "quiet_libraries", "save_module",
     "save_state", "seed_everything", "seed_worker", "set_deterministic", "show_table", "train", "what_we_measured",
 ]

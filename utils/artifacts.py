@@ -14,33 +14,46 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from filelock import FileLock
 
 from .checkpoint import PICKLE_SUFFIXES, CheckpointError, atomic_path, short_value
+from .identity import ARTIFACT_MANIFEST as MANIFEST
 
 CACHE_ENV = "FROM_ZERO_CACHE"
-MANIFEST = "artifact.json"
 T = TypeVar("T")
+
+
+def folder_setting(env: str, default: Path) -> Path:
+    """The folder an environment variable names (default: `default`); one clear line if it names a file."""
+    path = Path(os.environ.get(env) or default).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{env}={path} is a file, not a folder: point {env} at a folder (it is created "
+                                 f"if missing), or unset it")
+    return path
 
 
 def cache_root() -> Path:
     """`checkpoints/` at the top of the course (git-ignored), or $FROM_ZERO_CACHE."""
-    return Path(os.environ.get(CACHE_ENV) or Path(__file__).resolve().parents[1] / "checkpoints")
+    return folder_setting(CACHE_ENV, Path(__file__).resolve().parents[1] / "checkpoints")
 
 
 def get_or_build(name: str, build: Callable[[Path], None], *, load: Callable[[Path], T] | None = None,
-                 version: str = "1", rebuild: bool = False, root: str | Path | None = None) -> Path | T:
+                 version: str | Mapping[str, Any] = "1", rebuild: bool = False,
+                 root: str | Path | None = None) -> Path | T:
     """Return the cached artifact `name` (its folder, or `load(folder)`), building it if needed.
 
     build(folder): writes the artifact's files into the empty `folder`, e.g. with
         `model.save_pretrained(folder)` or `utils.save_module(model, folder / "model.safetensors")`.
-    version: change it when the build changes, so that an old cache is rebuilt, not reused.
+    version: what the artifact is made from, as `utils.made_from(...)` gives it (its recipe, settings and
+        inputs): a cached copy made from anything else is rebuilt, with a warning naming what changed.
     rebuild: build again even if a valid copy exists.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"artifact name {name!r} must be a plain folder name such as 'mini-bert'")
+    if isinstance(version, Mapping):
+        version = json.dumps(dict(version), sort_keys=True)
     root = Path(root) if root is not None else cache_root()
     folder = root / name
     root.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from filelock import FileLock
 
-from .artifacts import sha256_file
+from .artifacts import folder_setting, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
@@ -50,7 +50,7 @@ class DataError(ValueError):
 
 def data_cache() -> Path:
     """data/cache/ (git-ignored), or $FROM_ZERO_DATA_CACHE."""
-    return Path(os.environ.get(CACHE_ENV) or DATA_DIR / "cache")
+    return folder_setting(CACHE_ENV, DATA_DIR / "cache")
 
 
 @lru_cache(maxsize=1)
@@ -254,12 +254,11 @@ def split_digest(texts: list[str]) -> str:
     return _sha256_bytes("\n".join(texts).encode("utf-8"))
 
 
-def sentiment_fingerprint(data) -> dict[str, str]:
-    """sha256 of each split's (label, text) rows: what a result trained or measured on `data` was made
-    from. Chapters key their cached results on it, so other data never get another data's results."""
-    return {f"{name} sha256": _sha256_bytes("\n".join(f"{label}\t{text}" for text, label in
-                                                     zip(part["text"], part["label"])).encode("utf-8"))
-            for name, part in sorted(data.items())}
+def sentiment_rows(data) -> list[str]:
+    """Every (split, label, text) row of `data` as one line: what a result trained or measured on `data` is
+    made from (`utils.made_from(sentiment=sentiment_rows(data))`), so other data never get another's results."""
+    return [f"{name}\t{label}\t{text}" for name, part in sorted(data.items())
+            for text, label in zip(part["text"], part["label"])]
 
 
 def load_sentiment(source: str | None = None, seed: int = 0):

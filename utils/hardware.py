@@ -7,6 +7,7 @@ forces the size preset that chapters choose with `preset()`.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -97,6 +98,18 @@ def describe(device: torch.device | str | None = None) -> str:
     else:
         what = f"CPU · {torch.get_num_threads()} threads"
     return f"{what} · torch {torch.__version__} · {precision}"
+
+
+def processor() -> str:
+    """The CPU's model and the vector kernels torch runs on it, e.g. 'AMD EPYC · AVX512': with the thread count
+    and the library versions, what decides the float bits a CPU training run gives."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} · {torch.backends.cpu.get_cpu_capability()}"
 
 
 def preset(device: torch.device | str | None = None) -> str:

@@ -86,15 +86,12 @@ def pretrained_source(source: str | None = None, weights: bool = True) -> str:
 
 
 def model_identity(source: str | None = None) -> str:
-    """What a result built on the pretrained encoder was made from: a local folder's name and the sha256
-    of its weights (the offline default is such a folder), or a hub id as given (the hub's files can
-    change under the same id, which this cannot see)."""
-    from .artifacts import sha256_file
+    """What a result built on the pretrained encoder was made from: a local folder (the offline default is the
+    downloaded package) by the digest of its files, or a hub id as given (the hub's files can change under
+    the same id, which this cannot see)."""
+    from .identity import digest
     where = pretrained_source(source)
-    path = Path(where)
-    if path.is_dir():
-        return f"{path.name} " + "+".join(sha256_file(p)[:16] for p in sorted(path.glob("*.safetensors")))
-    return where
+    return digest(Path(where)) if Path(where).is_dir() else where
 
 
 def _silence_transformers() -> None:

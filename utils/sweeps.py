@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .checkpoint import atomic_path
@@ -18,12 +20,12 @@ from .checkpoint import atomic_path
 def write_record(path: str | Path, *, preset: str, settings: Mapping[str, Any], inputs: Mapping[str, str],
                  rows: Sequence[Mapping[str, Any]], seconds: float, command: str,
                  libraries: Sequence[str] = ("transformers",)) -> Path:
-    """Write a sweep's rows with what they were made from, atomically; returns the path."""
-    from .hardware import describe
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                **{name: metadata.version(name) for name in libraries}}
+    """Write a sweep's rows with what they were made from, atomically; returns the path. `inputs` is a
+    `utils.made_from(...)`: machine-independent, so the record loads on any machine."""
+    from .hardware import describe, processor
     record = {"preset": preset, "settings": dict(settings), "inputs": dict(inputs), "command": command,
-              "seconds": round(seconds), "machine": describe(), "versions": versions, "rows": list(rows)}
+              "seconds": round(seconds), "machine": describe(), "processor": processor(),
+              "versions": _versions(libraries), "rows": list(rows)}
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -47,6 +49,66 @@ def read_record(path: str | Path, *, settings: Mapping[str, Any], inputs: Mappin
     if record["inputs"] != dict(inputs):
         raise ValueError(f"{path.name} was made with another {inputs_named} than this one; run `{rerun}` again")
     return record
+
+
+def _versions(libraries: Sequence[str]) -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{name: metadata.version(name) for name in libraries}}
+
+
+def made_here(record: Mapping[str, Any]) -> bool:
+    """Whether `record` was made on a machine like this one (the same processor and vector kernels, thread
+    count, torch build and library versions), where re-running its runs gives the same bits."""
+    from .hardware import describe, processor
+    libraries = [name for name in record.get("versions", {}) if name not in ("python", "torch")]
+    return (record.get("processor") == processor() and record.get("machine") == describe()
+            and record.get("versions") == _versions(libraries))
+
+
+def rerun_tolerance(record: Mapping[str, Any], seed_groups: Sequence[Sequence[float]], floor: float = 0.02) -> float:
+    """How far a training run re-run here may land from the same run in `record`.
+
+    On a machine like the record's (`made_here`): 0, the same bits. Elsewhere, other float rounding makes the
+    run another draw, which differs from the record's by about σ·√2, σ being the spread between seeds: estimated
+    (ddof=1) from `seed_groups`, the record's values of each re-run setting over its seeds, pooled. We allow 4σ
+    (2.8 times σ·√2: a correct setup fails about 1 run in 200, if accuracy is roughly normal), and at least
+    `floor` (2 points of accuracy), since a few seeds estimate σ loosely. A changed recipe or a bug moves the
+    numbers further than that; on the record's own kind of machine any change at all is caught."""
+    if made_here(record):
+        return 0.0
+    groups = [list(g) for g in seed_groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in groups)
+    pooled = math.sqrt(sum((len(g) - 1) * float(np.var(g, ddof=1)) for g in groups) / dof) if dof else 0.0
+    return max(4 * pooled, floor)
+
+
+def where_made(record: Mapping[str, Any]) -> str:
+    """One line: where `record` was made, and whether re-runs here must match it to the bit or within the noise."""
+    from .hardware import describe, processor
+    made = f"{record.get('processor', 'processor not recorded')} · {record['machine']}"
+    if made_here(record):
+        return f"the record was made on a machine like this one ({made}): re-runs must give the same numbers"
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
+    return (f"the record was made elsewhere ({made}; {versions}), this is {processor()} · {describe()}: "
+            f"re-runs round differently, so they must agree within the seeds' noise")
+
+
+def compare_reruns(record: Mapping[str, Any], reruns: Mapping[str, tuple[float, float, Sequence[float]]],
+                   unit: str = "test accuracy (%)") -> list[dict[str, Any]]:
+    """Runs of `record` re-run here, set beside the record's: prints where the record was made and a table,
+    returns its rows, each with "within" (the difference is inside `rerun_tolerance`).
+    reruns: name → (value here, the record's value, the record's values over its seeds, same setting)."""
+    from .report import show_table
+    rows = []
+    allowed = rerun_tolerance(record, [seeds for _, _, seeds in reruns.values()])
+    for name, (here, there, seeds) in reruns.items():
+        rows.append({"run": name, "here": here, "record": there, "allowed": allowed,
+                     "within": abs(here - there) <= allowed + 1e-12})
+    print(where_made(record))
+    show_table(["run", f"{unit} here", "in the record", "allowed difference (points)", "within"],
+               [[r["run"], f"{100 * r['here']:.1f}", f"{100 * r['record']:.1f}", f"{100 * r['allowed']:.1f}",
+                 "yes" if r["within"] else "NO"] for r in rows])
+    return rows
 
 
 def sweep_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
