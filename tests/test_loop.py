@@ -126,15 +126,21 @@ def test_resuming_on_smaller_data_is_a_clear_error(tmp_path):
         run(tmp_path, callbacks=[crash_at(6)])  # checkpoint at step 4: 8 batches into the epoch
     with pytest.raises(CheckpointError, match=r"step-000004 was trained on other data .* resume=False"):
         run(tmp_path, train_size=64)  # other data: its epoch starts with another batch
-    # the same data cut short (its first batch unchanged): the replay runs out of batches
+    # the same data cut short, in a re-iterable without len(): the same first batch, and the replay runs out
     x, y = torch.randn(200, 2), torch.randint(0, 2, (200,))
+
+    class Batches:
+        def __init__(self, n):
+            self.n = n
+
+        def __iter__(self):
+            return iter([(x[i:i + 16], y[i:i + 16]) for i in range(0, self.n, 16)])
     short = tmp_path / "short"
     with pytest.raises(Crash):
-        train(Classifier(), DataLoader(TensorDataset(x, y), batch_size=16), steps=30, lr=1e-3, checkpoint_dir=short,
-              checkpoint_every=4, callbacks=[crash_at(6)], **QUIET)
+        train(Classifier(), Batches(200), steps=30, lr=1e-3, checkpoint_dir=short, checkpoint_every=4,
+              callbacks=[crash_at(6)], **QUIET)
     with pytest.raises(CheckpointError, match="train_data has fewer batches than when the checkpoint"):
-        train(Classifier(), DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16), steps=30, lr=1e-3,
-              checkpoint_dir=short, checkpoint_every=4, **QUIET)
+        train(Classifier(), Batches(48), steps=30, lr=1e-3, checkpoint_dir=short, checkpoint_every=4, **QUIET)
 
 
 def test_a_finished_run_is_not_reused_for_other_data_even_unnamed(tmp_path):
@@ -461,3 +467,38 @@ def test_evaluating_restores_the_previous_mode_even_when_the_block_fails():
 def test_a_nan_loss_names_the_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match="at step 7: .*the last good checkpoint is step 5 in"):
         train(NanAt(7), [torch.zeros(1)], steps=10, checkpoint_dir=tmp_path, checkpoint_every=5, **QUIET)
+
+
+def test_the_data_check_resumes_exactly_with_shuffling_in_a_batch_sampler_and_leaves_one_shot_iterators_whole(tmp_path):
+    """A batch sampler's own generator is saved and put back (length-grouped batches keep theirs there), and a
+    generator, which cannot be replayed, is not checked (checking would eat a batch)."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    class Shuffled(BatchSampler):
+        def __init__(self, n, seed):
+            self.generator = torch.Generator().manual_seed(seed)
+            super().__init__(RandomSampler(range(n), generator=self.generator), batch_size=16, drop_last=False)
+    x, y = torch.randn(96, 2), torch.randint(0, 2, (96,))
+
+    def loader():
+        return DataLoader(TensorDataset(x, y), batch_sampler=Shuffled(96, 0))
+    seed_everything(0)
+    reference = train(Classifier(dropout=0.0), loader(), steps=20, lr=1e-2, **QUIET)
+    with pytest.raises(Crash):
+        seed_everything(0)
+        train(Classifier(dropout=0.0), loader(), steps=20, lr=1e-2, checkpoint_dir=tmp_path / "a", checkpoint_every=4,
+              callbacks=[crash_at(15)], **QUIET)       # the checkpoint at step 12 is in the third epoch (6 batches)
+    resumed = train(Classifier(dropout=0.0), loader(), steps=20, lr=1e-2, checkpoint_dir=tmp_path / "a", **QUIET)
+    assert resumed.resumed_from == 12 and resumed.losses == reference.losses
+
+    def stream():
+        for i in range(0, 96, 16):
+            yield x[i:i + 16], y[i:i + 16]
+    seen = []
+    with pytest.raises(Crash):
+        train(Classifier(), stream(), steps=6, lr=1e-2, checkpoint_dir=tmp_path / "b", checkpoint_every=2,
+              callbacks=[crash_at(3)], **QUIET)
+    rest = stream()
+    train(Classifier(), rest, steps=6, lr=1e-2, checkpoint_dir=tmp_path / "b",
+          callbacks=[lambda step, h: seen.append(step)], **QUIET)
+    assert seen == [3, 4, 5, 6]

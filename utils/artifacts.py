@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from .checkpoint import PICKLE_SUFFIXES, CheckpointError, atomic_path, short_value
 from .identity import ARTIFACT_MANIFEST as MANIFEST
+from .identity import canonical
 
 CACHE_ENV = "FROM_ZERO_CACHE"
 T = TypeVar("T")
@@ -53,7 +54,7 @@ def get_or_build(name: str, build: Callable[[Path], None], *, load: Callable[[Pa
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"artifact name {name!r} must be a plain folder name such as 'mini-bert'")
     if isinstance(version, Mapping):
-        version = json.dumps(dict(version), sort_keys=True)
+        version = json.dumps(canonical(version), sort_keys=True)
     root = Path(root) if root is not None else cache_root()
     folder = root / name
     root.mkdir(parents=True, exist_ok=True)

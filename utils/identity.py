@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 ARTIFACT_MANIFEST = "artifact.json"     # written by utils.artifacts.get_or_build
 
 
@@ -35,8 +37,10 @@ def made_from(recipe: str | None = None, settings: Any = None, **inputs: Any) ->
     """
     identity: dict[str, Any] = {} if recipe is None else {"recipe": recipe}
     if settings is not None:
-        identity.update(_canonical(settings))
+        identity.update(canonical(settings))
     for name, value in inputs.items():
+        if name in identity:
+            raise ValueError(f"input {name!r} has the name of a setting or of the recipe: rename one of them")
         identity[name] = value if _is_digest(value) else digest(value)
     return identity
 
@@ -54,27 +58,32 @@ def digest(value: Any) -> str:
         return hashlib.sha256(value.encode("utf-8")).hexdigest()
     if isinstance(value, Path):
         return _path_digest(value)
-    return digest(json.dumps(_canonical(value), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+    return digest(json.dumps(canonical(value), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
 
 
-def _canonical(value: Any) -> Any:
+def canonical(value: Any) -> Any:
     """`value` as plain JSON values: dataclasses as dicts, tuples as lists, tensors and paths as digests."""
     import torch
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
+        return {str(k): canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [canonical(v) for v in value]
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous()
-        return digest(f"{tensor.dtype} {tuple(tensor.shape)} ".encode() + tensor.view(torch.uint8).numpy().tobytes()
-                      if tensor.numel() else f"{tensor.dtype} {tuple(tensor.shape)}")
+        tensor = value.detach().cpu()
+        raw = tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        return digest(f"{tensor.dtype} {tuple(tensor.shape)} ".encode() + raw)
+    if isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(value)
+        if array.dtype == object:
+            return canonical(array.tolist())
+        return digest(f"{array.dtype.str} {array.shape} ".encode() + array.tobytes())
     if isinstance(value, Path):
         return _path_digest(value)
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    if hasattr(value, "item") and callable(value.item):      # numpy scalars
+    if isinstance(value, np.generic):                       # numpy scalars
         return value.item()
     raise TypeError(f"cannot identify a {type(value).__name__}: give text, bytes, a Path, a tensor, numbers, "
                     f"or lists / dicts / dataclasses of them")
@@ -89,12 +98,16 @@ def _path_digest(path: Path) -> str:
         raise FileNotFoundError(f"cannot identify {path}: no such file or folder")
     manifest = path / ARTIFACT_MANIFEST
     if manifest.is_file():       # an artifact: what it was made from, not the bits its build produced
-        version = json.loads(manifest.read_text())["version"]
+        recorded = json.loads(manifest.read_text())
         try:
-            return digest(json.loads(version))
+            made = json.loads(recorded["version"])
         except (TypeError, ValueError):
-            return digest(version)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            made = None
+        if isinstance(made, dict):
+            return digest(made)
+        return digest({"artifact": recorded.get("name"), "version": recorded["version"]})  # a plain version: named
+    files = sorted(p for p in path.rglob("*")                # hidden files and folders (caches, locks) aside
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     return digest({p.relative_to(path).as_posix(): _path_digest(p) for p in files})
 
 

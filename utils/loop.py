@@ -267,7 +267,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], c
 
 # ---------------------------------------------------------------- random state and data position
 def _generators(data: Any) -> list[torch.Generator]:
-    found = [getattr(data, "generator", None), getattr(getattr(data, "sampler", None), "generator", None)]
+    found = [getattr(data, "generator", None), getattr(getattr(data, "sampler", None), "generator", None),
+             getattr(getattr(data, "batch_sampler", None), "generator", None)]
     unique: list[torch.Generator] = []
     for gen in found:
         if isinstance(gen, torch.Generator) and all(gen is not g for g in unique):
@@ -331,17 +332,29 @@ class _Batches:
             return batch
 
     def state(self) -> dict[str, Any]:
-        return {"taken": self.taken, "epoch_rng": self.epoch_rng, "first batch": self.first}
+        return {"taken": self.taken, "epoch_rng": self.epoch_rng, "first batch": self.first, "batches": self._length()}
+
+    def _length(self) -> int | None:
+        try:
+            return len(self.data)
+        except TypeError:
+            return None
 
     def same_data(self, state: Mapping[str, Any]) -> bool:
-        """Whether the epoch that `state` was in starts, replayed now, with the batch it started with then: what
-        a checkpoint trained on says, when nobody named its data with inputs= (the random state is put back)."""
+        """Whether the data look like those a checkpoint trained on, when nobody named them with inputs=: as many
+        batches per epoch, and the epoch it was in starting, replayed now, with the same batch (random state put
+        back afterwards). A one-shot iterator cannot be replayed without losing a batch: it is not checked."""
         if state.get("epoch_rng") is None or state.get("first batch") is None:
             return True              # not started yet, or written before first batches were recorded
+        if state.get("batches") is not None and self._length() is not None and state["batches"] != self._length():
+            return False
         now = _rng_state(self.source)
         try:
             _set_rng_state(state["epoch_rng"], self.source)
-            return _batch_digest(next(iter(self.data), None)) == state["first batch"]
+            batches = iter(self.data)
+            if batches is self.data:
+                return True
+            return _batch_digest(next(batches, None)) == state["first batch"]
         finally:
             _set_rng_state(now, self.source)
 
@@ -361,7 +374,7 @@ def _batch_digest(batch: Any) -> str | None:
     """A digest of one batch (its tensors' bytes), or None for a batch of things that have no digest."""
     try:
         return digest(batch)
-    except TypeError:
+    except Exception:            # noqa: BLE001 - anything without a digest is simply not checked
         return None
 
 
@@ -510,9 +523,13 @@ def _read_checkpoint(directory: Path, cfg: TrainConfig, model: nn.Module, acc: A
             state.update(load_state(last / f"process-{acc.process_index}.safetensors"))
         except CheckpointError as exc:
             raise unreadable(exc) from None
-    if not batches.same_data(state["data"]):
-        raise CheckpointError(f"{last} was trained on other data (its epoch began with another batch than train_data "
-                              f"yields now): pass resume=False to start over, or use another checkpoint_dir")
+    other = torch.tensor([0.0 if batches.same_data(state["data"]) else 1.0], device=acc.device)
+    if acc.num_processes > 1:
+        other = acc.reduce(other, reduction="sum")      # every process decides alike, or the others would hang
+    if other.item() > 0:
+        raise CheckpointError(f"{last} was trained on other data (train_data now begins that epoch with another batch "
+                              f"or has another number of batches): pass resume=False to start over, or use another "
+                              f"checkpoint_dir")
     try:  # only now, so that a refused resume leaves the model as it was
         load_module(model, last / "model.safetensors")
     except CheckpointError as exc:
