@@ -8,7 +8,6 @@ that looks valid. Files must be safetensors, JSON or text: pickles are refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from filelock import FileLock
 
 from .checkpoint import PICKLE_SUFFIXES, CheckpointError, atomic_path, short_value
 from .identity import ARTIFACT_MANIFEST as MANIFEST
-from .identity import canonical
+from .identity import canonical, sha256_file
 
 CACHE_ENV = "FROM_ZERO_CACHE"
 T = TypeVar("T")
@@ -122,15 +121,6 @@ def _version_change(old: Any, new: str) -> str:
     changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
     return "made from " + ", ".join(f"{k} {short_value(before.get(k))}, now {short_value(after.get(k))}"
                                     for k in changed)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remove(name: str, root: str | Path | None = None) -> None:

