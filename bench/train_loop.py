@@ -79,23 +79,19 @@ def run_bare(dataset: Dataset, steps: int) -> list[float]:
     return stamps
 
 
-def run_utils(dataset: Dataset, steps: int) -> list[float]:
+def run_utils(dataset: Dataset, steps: int, **options) -> list[float]:
     import utils
     stamps = [time.perf_counter()]
     utils.train(tiny_bert(), loader(dataset), steps=steps, lr=LR, warmup=WARMUP_STEPS, clip=1.0,
-                progress=False, device="cpu", callbacks=[lambda step, history: stamps.append(time.perf_counter())])
+                progress=False, device="cpu", callbacks=[lambda step, history: stamps.append(time.perf_counter())],
+                **options)
     return stamps
 
 
 def run_utils_guarded(dataset: Dataset, steps: int) -> list[float]:
     """utils.train as it runs on a GPU: no loss read back per step; a flag on the device makes the fused
-    AdamW skip a non-finite step (utils.loop._guarded). Here on the CPU, to measure what the guard costs."""
-    import utils.loop
-    was, utils.loop.READ_LOSS_EACH_STEP = utils.loop.READ_LOSS_EACH_STEP, ()
-    try:
-        return run_utils(dataset, steps)
-    finally:
-        utils.loop.READ_LOSS_EACH_STEP = was
+    AdamW skip a non-finite step (utils.loop._FiniteCheck). Here on the CPU, to measure what the guard costs."""
+    return run_utils(dataset, steps, loss_check="on device")
 
 
 def run_trainer(dataset: Dataset, steps: int) -> list[float]:

@@ -11,7 +11,7 @@ import torch
 
 from tools.pretrain import command
 from utils.data import load_corpus
-from utils.loop import _shard
+from utils.distributed import shard
 
 TINY = ["--steps", "10", "--batch-size", "8", "--vocab-size", "400", "--block-size", "32", "--validation-blocks", "16",
         "--evaluations", "2", "--no-in-domain", "--dropout", "0", "--log-every", "1", "--quiet"]
@@ -66,10 +66,10 @@ def test_a_global_batch_that_does_not_divide_between_the_processes_fails_before_
     two = types.SimpleNamespace(num_processes=2, is_main_process=True, process_index=0)
     loader = torch.utils.data.DataLoader(range(20), batch_size=7, drop_last=True)
     with pytest.raises(ValueError, match="global batch of 7 does not divide between 2 processes"):
-        _shard(loader, two)
+        shard(loader, two)
     ragged = torch.utils.data.DataLoader(range(21), batch_size=8)
     with pytest.raises(ValueError, match="last batch, of 5, does not divide between 2 processes"):
-        _shard(ragged, two)
+        shard(ragged, two)
     with pytest.raises(TypeError, match="must be a torch DataLoader"):
-        _shard([torch.zeros(2)], two)
-    assert _shard(loader, types.SimpleNamespace(num_processes=1)) is loader
+        shard([torch.zeros(2)], two)
+    assert shard(loader, types.SimpleNamespace(num_processes=1)) is loader

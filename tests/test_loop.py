@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import utils
 from utils import History, TrainConfig, evaluate_loss, evaluating, lr_multiplier, seed_everything, train
 from utils.checkpoint import CheckpointError
+from utils.distributed import accelerator
 from utils.loop import adamw_param_groups, batch_size, checkpoint_steps, forward, loss_of, to_device
 
 QUIET = {"progress": False}
@@ -256,18 +257,18 @@ def test_no_weight_decay_on_biases_and_norms():
         adamw_param_groups(model.requires_grad_(False), 0.1)
 
 
-def test_mixed_precision_is_accelerates_and_a_t4_gets_float16_with_its_scaler(monkeypatch):
-    """train() hands the device's AMP dtype to accelerate: bf16, or fp16 with its GradScaler (a T4's).
-    accelerate runs neither on a CPU, so here the run only checks that the request reaches it and trains."""
-    seen = []
-    make = utils.loop._accelerator
-    monkeypatch.setattr(utils.loop, "amp_dtype", lambda device: torch.float16)
-    monkeypatch.setattr(utils.loop, "_accelerator", lambda *a: seen.append(make(*a)) or seen[-1])
-    history = train(Classifier(), xor_data(128), steps=20, lr=1e-2, **QUIET)
+def test_mixed_precision_is_accelerates_and_a_t4_gets_float16_with_its_scaler():
+    """train() hands the AMP dtype to accelerate: the device's own (bf16, or a T4's fp16 with its GradScaler),
+    or the one asked for. accelerate runs neither on a CPU, so here the run only checks that the request
+    reaches it and trains."""
+    history = train(Classifier(), xor_data(128), steps=20, lr=1e-2, amp="fp16", **QUIET)
     assert len(history.train) == 20 and all(math.isfinite(r["loss"]) for r in history.train)
-    assert seen[0].mixed_precision == "fp16"
-    assert make(utils.loop.TrainConfig(steps=1), torch.device("cpu"), torch.bfloat16).mixed_precision == "bf16"
-    assert make(utils.loop.TrainConfig(steps=1, amp=False), torch.device("cpu"), None).mixed_precision == "no"
+    assert history.precision == "fp16"
+    assert train(Classifier(), xor_data(64), steps=2, amp=False, **QUIET).precision == "no"
+    assert accelerator(TrainConfig(steps=1), torch.device("cpu"), torch.bfloat16).mixed_precision == "bf16"
+    assert TrainConfig(steps=1, amp="bf16").precision(torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be True, False or one of"):
+        TrainConfig(steps=1, amp="float16")
 
 
 def test_one_kernel_can_train_with_other_precisions_and_accumulation_in_turn():
@@ -363,30 +364,24 @@ def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
 def test_on_a_gpu_a_nan_step_is_skipped_on_the_device_and_reported_with_its_step(monkeypatch):
     """The GPU path, run on the CPU: no .item() per step; the fused AdamW skips the bad step and every
     later one (found_inf on the device), and the read-back at log_every names the step."""
-    import utils.loop
-    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())
     monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("no per-step sync on the guarded path"))
     reference = NanAt(0)
-    train(reference, [torch.zeros(1)], steps=2, schedule="constant", **QUIET)       # two good steps
+    train(reference, [torch.zeros(1)], steps=2, schedule="constant", loss_check="on device", **QUIET)  # 2 good steps
     model = NanAt(3)
     with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):
-        train(model, [torch.zeros(1)], steps=10, log_every=10, schedule="constant", **QUIET)
+        train(model, [torch.zeros(1)], steps=10, log_every=10, schedule="constant", loss_check="on device", **QUIET)
     assert model.calls == 10                                   # it ran on to the read-back, without updates
     assert torch.equal(model.w, reference.w)
 
 
-def test_a_cpu_checkpoint_resumes_on_the_guarded_gpu_path(tmp_path, monkeypatch):
+def test_a_cpu_checkpoint_resumes_on_the_guarded_gpu_path(tmp_path):
     reference, _ = run()
     run(tmp_path, callbacks=[lambda step, h: step == 14])       # written with the plain AdamW
-    import utils.loop
-    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())   # resumed with the fused one
-    resumed, _ = run(tmp_path)
+    resumed, _ = run(tmp_path, loss_check="on device")          # resumed with the fused one
     assert resumed.resumed_from == 14 and resumed.losses == pytest.approx(reference.losses, abs=1e-6)
 
 
-def test_on_a_gpu_an_infinite_gradient_with_a_finite_loss_is_reported_too(monkeypatch):
-    import utils.loop
-    monkeypatch.setattr(utils.loop, "READ_LOSS_EACH_STEP", ())
+def test_on_a_gpu_an_infinite_gradient_with_a_finite_loss_is_reported_too():
 
     class InfGrad(nn.Module):
         def __init__(self):
@@ -397,7 +392,7 @@ def test_on_a_gpu_an_infinite_gradient_with_a_finite_loss_is_reported_too(monkey
             return torch.sqrt(self.w - 1)                      # 0 at w = 1, with an infinite slope
     model = InfGrad()
     with pytest.raises(FloatingPointError, match="gradient norm became (inf|nan) at step 1"):
-        train(model, [torch.zeros(1)], steps=4, **QUIET)
+        train(model, [torch.zeros(1)], steps=4, loss_check="on device", **QUIET)
     assert model.w.item() == 1.0
 
 

@@ -6,6 +6,8 @@ Where the code lives:
   utils.hardware    pick_device, amp_dtype, describe, preset       (CUDA → MPS → CPU, AMP dtype)
   utils.seeding     seed_everything, set_deterministic, seed_worker
   utils.loop        train, evaluate_loss, evaluating, TrainConfig, History   (the one training loop, on accelerate)
+  utils.resume      checkpoint_steps, random state and data position  (what exact resume needs)
+  utils.distributed accelerator, shard                            (what accelerate is asked for; batches per process)
   utils.plots       plot_history, bar_chart, heatmap, draw_graph, LivePlot, course_style
   utils.models      bert_config, build_on_meta, load_pretrained, quiet_libraries  (model sizes and loading)
   utils.data        fetch, load_corpus, load_sentiment, load_behaviour_set   (offline data, chapter 04 on)
