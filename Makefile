@@ -6,6 +6,8 @@ CONSTRAINTS ?= constraints.txt
 KERNEL      ?= from-zero
 LAB_ARGS    ?=
 PYTEST_ARGS ?=
+# make test runs on this many pytest workers (one torch thread each), a whole notebook per worker; WORKERS=1: serial
+WORKERS     ?= 2
 PORT        ?= 8000
 E2E_ARGS    ?=
 OLDEST_VENV ?= .venv-oldest
@@ -16,11 +18,12 @@ STAMP := $(VENV)/.installed
 # jupyter refuses to run as root (CI containers, Colab-like VMs) without this flag.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install data lab test run-all export bench serve e2e test-oldest clean
+.PHONY: help install data lab test test-fast run-all export bench serve e2e test-oldest clean
 
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
 	@echo "make test     create .venv if needed, install, run unit tests + every notebook (offline)"
+	@echo "make test-fast  the unit tests not marked slow (no notebooks, no training runs): under 2 minutes"
 	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
 	@echo "make export   write each chapter's '#| export' cells to course/chNN_name.py (run-all does it too)"
 	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
@@ -54,7 +57,10 @@ lab: $(STAMP) data
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
 
 test: $(STAMP) data
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope) $(PYTEST_ARGS)
+
+test-fast: $(STAMP) data
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 run-all: $(STAMP) data
 	$(BIN)/python tools/export.py
@@ -66,7 +72,7 @@ export:
 	@$(PYTHON) tools/export.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/train_loop.py
+	$(BIN)/python -m bench.train_loop
 
 # Chapter 08's service outside the notebook; builds the model folder first if needed.
 serve: $(STAMP) data

@@ -41,14 +41,41 @@ import offline_guard  # noqa: E402
 offline_guard.install()
 
 
+# Under `pytest -n 2` (make test) each worker and the notebook kernels it starts use one thread: two workers
+# with one thread each on two cores finish ~20% sooner than one process with two (TOOLCHAIN.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# The notebooks that take longest start first, so that two workers finish at about the same time.
+LONGEST_FIRST = ("05_", "04_", "07_", "06_", "08_", "03_", "02_", "01_", "00_")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "after_chapters: runs after the notebooks, reusing the artifacts they built "
                                        "(alone, it builds them first)")
+    config.addinivalue_line("markers", "slow: takes seconds to minutes (every notebook, trainings, other processes); "
+                                       "`make test-fast` leaves these out")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests marked after_chapters go last, where `make test` has already built the chapters' artifacts."""
-    items.sort(key=lambda item: item.get_closest_marker("after_chapters") is not None)
+    """Every notebook cell is slow. Notebooks run first, longest first, then the unit tests; tests marked
+    after_chapters go last, where `make test` has already built the chapters' artifacts."""
+    for item in items:
+        if _notebook(item) is not None or item.get_closest_marker("after_chapters") is not None:
+            item.add_marker(pytest.mark.slow)
+
+    def order(item):
+        name = _notebook(item)
+        rank = next((i for i, prefix in enumerate(LONGEST_FIRST) if name and name.startswith(prefix)), len(LONGEST_FIRST))
+        return (item.get_closest_marker("after_chapters") is not None, name is None, rank)
+    items.sort(key=order)                                   # stable: a notebook's cells keep their order
+
+
+def _notebook(item) -> str | None:
+    return item.path.name if item.path.suffix == ".ipynb" else None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,7 +1,7 @@
 """Chapter 07's models side by side, outside the notebook: parameters, file size, latency and throughput.
 
-    python bench/compression.py                # torch's default threads
-    python bench/compression.py --threads 1    # one core, as a small server would give each worker
+    python -m bench.compression                # torch's default threads
+    python -m bench.compression --threads 1    # one core, as a small server would give each worker
 
 Uses chapter 07's own code (course/ch07_distillation.py): the teacher (chapter 05's, built if missing), the
 best student (chapter 07's artifact, trained if missing), the DistilBERT-style student's shape (every other
@@ -18,16 +18,15 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-import utils  # noqa: E402
-from course.ch05_fine_tuning import batches, load_classifier, prepare, teacher  # noqa: E402
-from course.ch07_distillation import (every_other_layer, file_bytes, head_importance, heads_to_remove,  # noqa: E402
+import utils
+from course.ch05_fine_tuning import batches, load_classifier, prepare, teacher
+from course.ch07_distillation import (every_other_layer, file_bytes, head_importance, heads_to_remove,
                                       int8_kernel, int8_state, latency_ms, magnitude_prune, parameter_count,
                                       prune_heads, student, throughput)
-from utils.data import load_sentiment  # noqa: E402
+from utils.data import load_sentiment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Chapter 07's learning-rate sweep: every student at three rates, the best on validation at two more seeds.
 
-    python bench/distill_sweep.py                 # this machine's preset (cpu without a GPU): ~25 min on 2 cores
-    python bench/distill_sweep.py --preset gpu
-    python bench/distill_sweep.py --reuse         # keep the committed runs, train only what the settings add
+    python -m bench.distill_sweep                 # this machine's preset (cpu without a GPU): ~25 min on 2 cores
+    python -m bench.distill_sweep --preset gpu
+    python -m bench.distill_sweep --reuse         # keep the committed runs, train only what the settings add
                                                   # (e.g. a learning rate added to an arm's grid)
 
 Writes bench/results/distill_sweep_<preset>.json (settings; the identity of the sentiment data, the teacher
@@ -16,14 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402
-from course.ch05_fine_tuning import prepare  # noqa: E402
-from course.ch07_distillation import (ARMS, chosen_rates, distill_settings, load_sweep, sweep, transfer_set,  # noqa: E402
+import utils
+from course.ch05_fine_tuning import prepare
+from course.ch07_distillation import (ARMS, chosen_rates, distill_settings, load_sweep, sweep, transfer_set,
                                       write_sweep)
-from utils.data import load_sentiment  # noqa: E402
-from utils.sweeps import sweep_arguments, sweep_command  # noqa: E402
+from utils.data import load_sentiment
+from utils.sweeps import sweep_arguments, sweep_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = load_sweep(preset, settings, data, any_rates=True) if args.reuse else {"rows": [], "seconds": 0}
     rows = sweep(settings, mini, minilm, transfer, ARMS, on_row=show, reuse=earlier["rows"])
     seconds = time.perf_counter() - started + earlier["seconds"]
-    command = sweep_command("bench/distill_sweep.py", args)
+    command = sweep_command("bench.distill_sweep", args)
     path = write_sweep(rows, settings, data, preset, seconds, command)
     print("chosen on validation:", chosen_rates(rows))
     print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")

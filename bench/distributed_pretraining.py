@@ -1,6 +1,6 @@
 """Chapter 04's pretraining on one process and on two (distributed data parallel, gloo on the CPU): same losses?
 
-    python bench/distributed_pretraining.py [--steps 300] [--dropout 0] [--processes 2] [--write]
+    python -m bench.distributed_pretraining [--steps 300] [--dropout 0] [--processes 2] [--write]
 
 Runs `tools/pretrain.py` (the chapter's `pretrain`) three ways from empty checkpoint folders, with the same
 recipe and the same global batch: one process (2 threads); `accelerate launch --multi_gpu --num_processes 2`
@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tools.pretrain import command as pretrain_command  # noqa: E402
+from tools.pretrain import command as pretrain_command
 
 
 def run(options: list[str], out: Path, processes: int, threads: int) -> dict:
@@ -95,7 +94,7 @@ def main() -> None:
           f"losses and test scores {'identical to' if same_after_resume else 'DIFFERENT from'} the uninterrupted run")
     if args.write:
         from importlib import metadata
-        record = {"command": "python bench/distributed_pretraining.py " + " ".join(sys.argv[1:]),
+        record = {"command": "python -m bench.distributed_pretraining " + " ".join(sys.argv[1:]),
                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
                   "versions": {name: metadata.version(name) for name in ("torch", "accelerate", "transformers")},
                   "processes": args.processes, "steps": args.steps, "dropout": args.dropout, **gaps,

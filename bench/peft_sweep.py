@@ -1,8 +1,8 @@
 """Chapter 06's learning-rate sweep: every method at 4–5 rates, the best on validation at two more seeds.
 
-    python bench/peft_sweep.py                 # this machine's preset (cpu without a GPU): ~30 min on 2 cores
-    python bench/peft_sweep.py --preset gpu
-    python bench/peft_sweep.py --reuse         # keep the committed runs, train only what the settings add
+    python -m bench.peft_sweep                 # this machine's preset (cpu without a GPU): ~30 min on 2 cores
+    python -m bench.peft_sweep --preset gpu
+    python -m bench.peft_sweep --reuse         # keep the committed runs, train only what the settings add
                                                # (e.g. a learning rate added to a method's grid)
 
 Writes bench/results/peft_sweep_<preset>.json (settings, data and model identity, versions, machine, one
@@ -15,13 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402
-from course.ch05_fine_tuning import prepare  # noqa: E402
-from course.ch06_peft import chosen_rates, load_sweep, peft_settings, sweep, write_sweep  # noqa: E402
-from utils.data import load_sentiment  # noqa: E402
-from utils.sweeps import sweep_arguments, sweep_command  # noqa: E402
+import utils
+from course.ch05_fine_tuning import prepare
+from course.ch06_peft import chosen_rates, load_sweep, peft_settings, sweep, write_sweep
+from utils.data import load_sentiment
+from utils.sweeps import sweep_arguments, sweep_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = sweep(prepared, settings, on_row=show, reuse=earlier["rows"], progress=False)
     seconds = time.perf_counter() - started + earlier["seconds"]
-    command = sweep_command("bench/peft_sweep.py", args)
+    command = sweep_command("bench.peft_sweep", args)
     path = write_sweep(rows, settings, data, preset, seconds, command)
     print("chosen on validation:", chosen_rates(rows))
     print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")

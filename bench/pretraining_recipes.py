@@ -1,6 +1,6 @@
 """Pretraining recipes at chapter 04's budget against chapter 05's fine-tuning: does any of them pay off?
 
-    python bench/pretraining_recipes.py                 # ~27 min on 2 cores (the pretrained models are cached)
+    python -m bench.pretraining_recipes                 # ~27 min on 2 cores (the pretrained models are cached)
 
 Each variant is chapter 04's CPU recipe with a few settings changed (`RECIPE_VARIANTS` in chapter 05) and the same
 budget: 1,100 steps of 64 blocks of 64 tokens (4.5 M tokens). It is pretrained with chapter 04's code
@@ -20,19 +20,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import utils  # noqa: E402
-from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,  # noqa: E402
+import utils
+from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,
                                      settings_for, unigram_baseline)
-from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZES, experiment_for,  # noqa: E402
-                                     fine_tune, new_classifier, predict_proba, prepare, recipes_path,
-                                     recipes_settings, run, scaling_identity, scores, subset)
-from utils.data import load_corpus, load_sentiment  # noqa: E402
-from pretraining_scaling import masked_accuracy, protocol  # noqa: E402  (bench/ is on the path: this script's folder)
-from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
+from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZES, experiment_for,
+                                     fine_tune, new_classifier, predict_proba, prepare, RECIPES,
+                                     recipes_settings, run_arm, scaling_identity, scores, subset)
+from utils.data import load_corpus, load_sentiment
+from bench.pretraining_scaling import masked_accuracy, protocol
+from utils.sweeps import sweep_arguments, sweep_command
 
 
 def at_mask(folder: Path, tokenizer, lines: list[str], recipe, train_blocks: torch.Tensor) -> dict[str, float]:
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         label = labelled(name, "chapter 05's protocol", masked)
 
         def runner(arm, size, seed, lr, folder=folder, prepared=prepared):
-            return run(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
+            return run_arm(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
         tokenizer_key = (variant.wikitext, variant.in_domain, variant.vocab_size, variant.block_size)
         arms = ["mini-bert"] + (["random"] if tokenizer_key not in random_done else [])
         random_done.add(tokenizer_key)
@@ -111,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         for arm in ("mini-bert", "random"):
             rows += protocol({**label, "arm": arm}, SCALING_SIZES, spec["rates"], experiment.seeds,
                              lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
-    path = write_record(recipes_path(preset), preset=preset, settings=recipes_settings(preset),
-                        inputs=scaling_identity(data, preset), rows=rows, seconds=time.perf_counter() - started,
-                        command=sweep_command("bench/pretraining_recipes.py", args))
+    path = RECIPES.write(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset), rows=rows,
+                         seconds=time.perf_counter() - started, command=sweep_command("bench.pretraining_recipes", args))
     print(f"wrote {path}")
     return 0
 

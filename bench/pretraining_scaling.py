@@ -1,7 +1,7 @@
 """Chapter 04's pretraining against chapter 05's fine-tuning: how much pretraining compute before it pays off?
 
-    python bench/pretraining_scaling.py                 # this machine's preset (cpu without a GPU): ~18 min on 2 cores
-    python bench/pretraining_scaling.py --preset gpu    # budgets up to 4 x the GPU recipe's 20,000 steps
+    python -m bench.pretraining_scaling                 # this machine's preset (cpu without a GPU): ~18 min on 2 cores
+    python -m bench.pretraining_scaling --preset gpu    # budgets up to 4 x the GPU recipe's 20,000 steps
 
 For a geometric series of pretraining budgets (0 = random weights, then 1/4, 1/2, 1, 2 and 4 times the chapter's
 steps, each a full run with its own warmup and decay), it pretrains chapter 04's recipe with chapter 04's code
@@ -20,18 +20,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import utils  # noqa: E402
-from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,  # noqa: E402
+import utils
+from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,
                                      settings_for, unigram_baseline)
-from course.ch05_fine_tuning import (SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run,  # noqa: E402
-                                     scaling_identity, scaling_path, scaling_settings)
-from utils.data import load_corpus, load_sentiment  # noqa: E402
-from utils.models import build_on_meta  # noqa: E402
-from utils.sweeps import sweep_arguments, sweep_command, write_record  # noqa: E402
+from course.ch05_fine_tuning import (SCALING, SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run_arm,
+                                     scaling_identity, scaling_settings)
+from utils.data import load_corpus, load_sentiment
+from utils.models import build_on_meta
+from utils.sweeps import sweep_arguments, sweep_command, tune_then_repeat
 
 
 def masked_accuracy(folder: Path | None, reference: Path, seed: int, inputs: torch.Tensor, labels: torch.Tensor,
@@ -58,26 +56,24 @@ def non_embedding_parameters(reference: Path) -> int:
 def fine_tune_rows(arm: str, folder: Path, prepared, experiment, budget: dict) -> list[dict]:
     """Chapter 05's protocol for `arm` (the weights in `folder`) at each size, rows labelled with `budget`."""
     def runner(size, seed, lr):
-        row = run(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
+        row = run_arm(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
         return {**row, "sentences": row["size"]}
     return protocol(budget, SCALING_SIZES, dict(experiment.learning_rates)[arm], experiment.seeds, runner)
 
 
 def protocol(label: dict, sizes, rates, seeds, runner, show: str = "") -> list[dict]:
-    """Chapter 05's protocol at each size: `rates` tried with seed 0, the best on validation kept, every seed at
-    that rate. runner(size, seed, lr) returns a row with "seed", "lr", "validation accuracy", "test accuracy"
-    (and "sentences", kept when given). Returns one row per run, labelled with `label`; "chosen": the kept rate."""
+    """Chapter 05's protocol (utils.sweeps.tune_then_repeat) at each size. runner(size, seed, lr) returns a row
+    with "seed", "lr", "validation accuracy", "test accuracy" (and "sentences", kept when given). Returns one row
+    per run, labelled with `label`; "chosen": run at the kept rate."""
     rows = []
     for size in sizes:
-        tried = [runner(size, 0, lr) for lr in rates]
-        best = max(tried, key=lambda row: row["validation accuracy"])
-        kept = [best] + [runner(size, seed, best["lr"]) for seed in seeds if seed != 0]
-        for row in tried + kept[1:]:
-            rows.append({**label, "size": size, **{k: row[k] for k in ("sentences",) if k in row},
-                         **{k: row[k] for k in ("seed", "lr", "validation accuracy", "test accuracy")},
-                         "chosen": row is best or all(row is not t for t in tried)})
+        runs = tune_then_repeat(rates, seeds, lambda lr, seed: runner(size, seed, lr))
+        rows += [{**label, "size": size, **{k: row[k] for k in ("sentences",) if k in row},
+                  **{k: row[k] for k in ("seed", "lr", "validation accuracy", "test accuracy", "chosen")}}
+                 for row in runs]
+        kept = [row for row in runs if row["chosen"]]
         accuracies = [row["test accuracy"] for row in kept]
-        print(f"  {show}{size:5d} labels: lr {best['lr']:g}, test {100 * statistics.mean(accuracies):.1f} "
+        print(f"  {show}{size:5d} labels: lr {kept[0]['lr']:g}, test {100 * statistics.mean(accuracies):.1f} "
               f"± {100 * statistics.pstdev(accuracies):.1f}%", flush=True)
     return rows
 
@@ -110,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * budget['masked accuracy at [MASK]']:.1f}% (unigram {100 * baseline:.1f}%)", flush=True)
         rows += fine_tune_rows("random" if steps == 0 else "mini-bert", folder or reference, prepared, experiment,
                                budget)
-    path = write_record(scaling_path(preset), preset=preset, settings=scaling_settings(preset),
-                        inputs=scaling_identity(data, preset), rows=rows, seconds=time.perf_counter() - started,
-                        command=sweep_command("bench/pretraining_scaling.py", args))
+    path = SCALING.write(preset, settings=scaling_settings(preset), inputs=scaling_identity(data, preset), rows=rows,
+                         seconds=time.perf_counter() - started, command=sweep_command("bench.pretraining_scaling", args))
     print(f"wrote {path}")
     return 0
 

@@ -1,9 +1,9 @@
 """Chapter 08's load test outside the notebook: the served student and teacher on loopback, micro-batching
 off and on, at several concurrencies; requests/s and p50/p95/p99 latency.
 
-    python bench/serve_load.py                              # concurrency 1, 8, 32; 3 runs each at 32
-    python bench/serve_load.py --models teacher --concurrency 1 64 --requests 400 --seconds 10
-    python bench/serve_load.py --runtime onnx               # onnxruntime's fp32 export instead of PyTorch
+    python -m bench.serve_load                              # concurrency 1, 8, 32; 3 runs each at 32
+    python -m bench.serve_load --models teacher --concurrency 1 64 --requests 400 --seconds 10
+    python -m bench.serve_load --runtime onnx               # onnxruntime's fp32 export instead of PyTorch
 
 Uses chapter 08's own code (course/ch08_deployment.py): `load_predictor` (the model folders, built with
 chapters 05 and 07's code if missing), `create_app`, `BackgroundServer` on 127.0.0.1, and `load_test_elsewhere` (the clients in a
@@ -16,15 +16,14 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import utils  # noqa: E402
-from course.ch08_deployment import (BackgroundServer, answers_match, create_app, load_predictor,  # noqa: E402
+import utils
+from course.ch08_deployment import (BackgroundServer, answers_match, create_app, load_predictor,
                                     load_test_elsewhere)
-from utils.data import load_sentiment  # noqa: E402
+from utils.data import load_sentiment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Throughput of the course's training loop against a bare PyTorch loop and transformers.Trainer.
 
-    python bench/train_loop.py [--steps 30] [--repeats 3] [--threads 2]
+    python -m bench.train_loop [--steps 30] [--repeats 3] [--threads 2]
 
 The same tiny BERT masked-LM task (hidden 128, 2 layers, vocab 8,000, batches of 32 × 128 tokens)
 with the same pre-masked batches, AdamW, linear warmup + decay and gradient clipping at 1.0 in all

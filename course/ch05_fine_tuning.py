@@ -21,6 +21,7 @@ from course.ch04_pretraining import pretrained_mini_bert
 from utils.data import load_behaviour_set, load_sentiment, sentiment_rows
 from utils.hardware import preset as device_preset
 from utils.models import load_pretrained, load_pretrained_tokenizer, model_identity, quiet_transformers
+from utils.sweeps import result_row
 
 
 @dataclass(frozen=True)
@@ -338,8 +339,8 @@ def subset(part, n: int | None, seed: int = 0):
     return part if len(indices) == len(part) else part.select(indices)
 
 
-def run(arm: str, prepared: Prepared, size: int | None, settings: FinetuneSettings,
-        keep_model: bool = False, mini_bert: str | Path | None = None, **train_options: Any) -> dict[str, Any]:
+def run_arm(arm: str, prepared: Prepared, size: int | None, settings: FinetuneSettings,
+            keep_model: bool = False, mini_bert: str | Path | None = None, **train_options: Any) -> dict[str, Any]:
     """Fine-tune a fresh `arm` classifier on `size` labelled sentences (stratified with settings.seed)
     and score it on the test split. Returns one row: arm, size, seed, lr, steps, accuracies, time.
     mini_bert: another pretrained mini-BERT folder than chapter 04's (bench/pretraining_scaling.py)."""
@@ -349,10 +350,9 @@ def run(arm: str, prepared: Prepared, size: int | None, settings: FinetuneSettin
     history = fine_tune(model, part, prepared.validation, prepared.tokenizer, settings, **train_options)
     seconds = time.perf_counter() - started
     probs = predict_proba(model, prepared.test)
-    row = {"arm": arm, "size": len(part), "seed": settings.seed, "lr": settings.lr, "steps": history.steps_done,
-           "batch": settings.batch_size, "validation accuracy": history.best_value,
-           "test accuracy": scores(prepared.data["test"]["labels"], probs)["accuracy"],
-           "seconds": seconds, "history": history}
+    row = {**result_row(history, scores(prepared.data["test"]["labels"], probs)["accuracy"], seconds, arm=arm,
+                        size=len(part), seed=settings.seed, lr=settings.lr, batch=settings.batch_size),
+           "history": history}
     if keep_model:
         row["model"], row["probs"] = model, probs
     return row
@@ -420,15 +420,15 @@ def nearest_words(embeddings: torch.Tensor, tokenizer, words: Sequence[str], k: 
 
 
 from course.ch04_pretraining import settings_for, text_identity
-from utils.sweeps import read_record
+from utils.sweeps import SweepRecord
 
 SCALING_MULTIPLES = (0, 0.25, 0.5, 1, 2, 4)     # of chapter 04's pretraining steps; 0: random weights
 SCALING_SIZES = (100, 300, 1000)
 
 
-def scaling_path(preset: str) -> Path:
-    import utils
-    return Path(utils.__file__).resolve().parents[1] / "bench" / "results" / f"pretraining_scaling_{preset}.json"
+SCALING = SweepRecord("pretraining_scaling", made_by="scaling_settings",
+                      inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
+RECIPES = SweepRecord("pretraining_recipes", made_by="recipes_settings", inputs_named=SCALING.inputs_named)
 
 
 def scaling_settings(preset: str) -> dict[str, Any]:
@@ -446,10 +446,7 @@ def scaling_identity(data, preset: str) -> dict[str, str]:
 
 def load_scaling(preset: str, data) -> dict[str, Any]:
     """bench/pretraining_scaling.py's committed table for `preset`, refused if made with other settings or data."""
-    return read_record(scaling_path(preset), settings=scaling_settings(preset), inputs=scaling_identity(data, preset),
-                       rerun=f"python bench/pretraining_scaling.py --preset {preset}",
-                       made_by=f"scaling_settings({preset!r})",
-                       inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
+    return SCALING.read(preset, settings=scaling_settings(preset), inputs=scaling_identity(data, preset))
 
 
 RECIPE_VARIANTS = (      # chapter 04's CPU recipe with these settings changed, at its budget (bench/pretraining_recipes.py)
@@ -467,10 +464,6 @@ RECIPE_LEVERS = (        # fine-tuning that tries to keep what pretraining learn
 )
 
 
-def recipes_path(preset: str) -> Path:
-    return scaling_path(preset).with_name(f"pretraining_recipes_{preset}.json")
-
-
 def recipes_settings(preset: str) -> dict[str, Any]:
     """What the recipe search is made with: the recipe, its variants and levers, this chapter's protocol."""
     return {**{k: v for k, v in scaling_settings(preset).items() if k != "multiples"},
@@ -479,10 +472,7 @@ def recipes_settings(preset: str) -> dict[str, Any]:
 
 def load_recipes(preset: str, data) -> dict[str, Any]:
     """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data."""
-    return read_record(recipes_path(preset), settings=recipes_settings(preset), inputs=scaling_identity(data, preset),
-                       rerun=f"python bench/pretraining_recipes.py --preset {preset}",
-                       made_by=f"recipes_settings({preset!r})",
-                       inputs_named="corpus or sentiment set (FROM_ZERO_CORPUS / FROM_ZERO_SENTIMENT)")
+    return RECIPES.read(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset))
 
 
 def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.ndarray, k: int = 8) -> list[dict]:
@@ -565,14 +555,14 @@ def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] 
     """The folder of the fine-tuned all-MiniLM-L6-v2 ("teacher"); `load_classifier` opens it. A cached
     teacher made with the same recipe from the same data and encoder is used as it is (its classifier.json
     says how it was trained); if there is none, it is trained now with `settings` (default: this chapter's
-    full-data recipe). result: a `run(..., keep_model=True)` row to store instead (this chapter stores its
+    full-data recipe). result: a `run_arm(..., keep_model=True)` row to store instead (this chapter stores its
     own run)."""
     settings = settings or teacher_settings()
 
     def build(folder: Path) -> None:
         row = result
         if row is None:
-            row = run("MiniLM", prepare(load_sentiment(), "MiniLM", settings.max_length), None, settings,
+            row = run_arm("MiniLM", prepare(load_sentiment(), "MiniLM", settings.max_length), None, settings,
                       keep_model=True, **{"progress": True, "desc": "fine-tuning the teacher", **train_options})
         used = {k: row[k] for k in ("lr", "seed", "steps", "batch")}
         save_classifier(row["model"], load_tokenizer("MiniLM"), folder,

@@ -22,7 +22,7 @@ from utils.checkpoint import atomic_path
 from utils.data import sentiment_rows
 from utils.hardware import preset as device_preset
 from utils.models import model_identity
-from utils.sweeps import read_record, write_record
+from utils.sweeps import SweepRecord, chosen_rates, result_row, tune_then_repeat
 
 
 @dataclass(frozen=True)
@@ -246,54 +246,35 @@ def run_method(method: str, prepared: Prepared, settings: PeftSettings, lr: floa
     started = time.perf_counter()
     history = fine_tune(model, prepared.data["train"], prepared.validation, prepared.tokenizer,
                         settings.finetune(lr, seed), **options)
-    row = {"method": method, "lr": lr, "seed": seed, "steps": history.steps_done,
-           "validation accuracy": history.best_value,
-           "test accuracy": scores(prepared.data["test"]["labels"], predict_proba(model, prepared.test))["accuracy"],
-           "seconds": time.perf_counter() - started, "seconds per step": float(np.median(np.diff(stamps))),
-           "trainable": count_trainable(model)}
+    test = scores(prepared.data["test"]["labels"], predict_proba(model, prepared.test))["accuracy"]
+    row = {**result_row(history, test, time.perf_counter() - started, method=method, lr=lr, seed=seed),
+           "seconds per step": float(np.median(np.diff(stamps))), "trainable": count_trainable(model)}
     if keep_model:
         row["model"] = model
     return row
 
 
 TRAINED = ("top-k layers", "BitFit", "adapters", "prompt tuning", "LoRA", "full")
-RESULTS = Path(utils.__file__).resolve().parents[1] / "bench" / "results"
-
-
-def chosen_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Per method, the learning rate with the best validation accuracy over the first seed's runs."""
-    first = min(row["seed"] for row in rows)
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["seed"] == first and row["lr"] is not None:
-            if row["method"] not in best or row["validation accuracy"] > best[row["method"]]["validation accuracy"]:
-                best[row["method"]] = row
-    return {method: row["lr"] for method, row in best.items()}
+PEFT_SWEEP = SweepRecord("peft_sweep", made_by="peft_settings", libraries=("transformers", "peft"),
+                         inputs_named="sentiment set or model (FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL)")
 
 
 def sweep(prepared: Prepared, settings: PeftSettings, methods: Sequence[str] = TRAINED,
           on_row: Callable[[dict[str, Any]], Any] = lambda row: None, reuse: Sequence[dict[str, Any]] = (),
           **train_options: Any) -> list[dict[str, Any]]:
-    """Every method at each of its rates (first noise seed), then at its chosen rate with the other noise
-    seeds; the probe at every noise seed. Rows without models; `on_row(row)` is called after each run.
-    reuse: rows of an earlier sweep with the same settings apart from the rates (`load_sweep(...,
-    any_rates=True)`), taken as they are instead of training again."""
+    """Chapter 05's protocol (utils.sweeps.tune_then_repeat) for every method: each of its rates with the first
+    noise seed, the other noise seeds at the rate best on validation; the probe at every noise seed. Rows without
+    models; `on_row(row)` is called after each run. reuse: rows of an earlier sweep with the same settings apart
+    from the rates (`load_sweep(..., any_rates=True)`), taken as they are instead of training again."""
     earlier = {(row["method"], row["lr"], row["seed"]): row for row in reuse}
-    first, others = settings.noise_seeds[0], settings.noise_seeds[1:]
-    rows: list[dict[str, Any]] = []
 
     def record(method: str, lr: float | None, seed: int) -> dict[str, Any]:
         row = earlier.get((method, lr, seed)) or run_method(method, prepared, settings, lr, seed, **train_options)
-        rows.append(row)
         on_row(row)
         return row
-    for seed in settings.noise_seeds:
-        record("head only", None, seed)
+    rows = [record("head only", None, seed) for seed in settings.noise_seeds]
     for method in methods:
-        tried = [record(method, lr, first) for lr in settings.rates(method)]
-        best = chosen_rates(tried)[method]
-        for seed in others:
-            record(method, best, seed)
+        rows += tune_then_repeat(settings.rates(method), settings.noise_seeds, lambda lr, seed: record(method, lr, seed))
     return rows
 
 
@@ -302,23 +283,16 @@ def inputs_identity(data) -> dict[str, str]:
     return utils.made_from(sentiment=sentiment_rows(data), model=model_identity())
 
 
-def sweep_path(preset: str) -> Path:
-    return RESULTS / f"peft_sweep_{preset}.json"
-
-
 def write_sweep(rows: list[dict[str, Any]], settings: PeftSettings, data, preset: str, seconds: float,
                 command: str) -> Path:
-    return write_record(sweep_path(preset), preset=preset, settings=asdict(settings), inputs=inputs_identity(data),
-                        rows=rows, seconds=seconds, command=command, libraries=("transformers", "peft"))
+    return PEFT_SWEEP.write(preset, settings=asdict(settings), inputs=inputs_identity(data), rows=rows,
+                            seconds=seconds, command=command)
 
 
 def load_sweep(preset: str, settings: PeftSettings, data, any_rates: bool = False) -> dict[str, Any]:
     """The committed sweep for `preset`, refused if it was made with other settings (other learning rates
     too, unless any_rates), another sentiment set or another model."""
-    return read_record(sweep_path(preset), settings=asdict(settings), inputs=inputs_identity(data),
-                       rerun=f"python bench/peft_sweep.py --preset {preset}", made_by=f"peft_settings({preset!r})",
-                       inputs_named="sentiment set or model (FROM_ZERO_SENTIMENT / FROM_ZERO_MODEL)",
-                       any_rates=any_rates)
+    return PEFT_SWEEP.read(preset, settings=asdict(settings), inputs=inputs_identity(data), any_rates=any_rates)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

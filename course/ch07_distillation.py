@@ -23,7 +23,7 @@ from course.ch05_fine_tuning import (LengthGroupedSampler, Prepared, SentenceCla
                                      save_classifier, scores, teacher, teacher_identity)
 from utils.data import load_sentiment, sentiment_rows
 from utils.hardware import preset as device_preset
-from utils.sweeps import read_record, write_record
+from utils.sweeps import SweepRecord, chosen_rates, result_row, tune_then_repeat
 
 
 @dataclass(frozen=True)
@@ -254,11 +254,14 @@ def run_student(arm: str, parts: dict[str, Dataset], prepared: Prepared, setting
     student = new_classifier(start, seed)
     started = time.perf_counter()
     history = distil(student, parts[source], prepared, settings, lr, seed, **train_options)
-    seconds = time.perf_counter() - started
+    return race_row(arm, student, history, prepared, time.perf_counter() - started, keep_model, lr=lr, seed=seed)
+
+
+def race_row(arm: str, student: SentenceClassifier, history: utils.History, prepared: Prepared, seconds: float,
+             keep_model: bool, **labels: Any) -> dict[str, Any]:
+    """A row of the results table: the student scored on the test split (+ the model and its probabilities)."""
     probs = predict_proba(student, prepared.test)
-    row = {"arm": arm, "seed": seed, "lr": lr, "steps": history.steps_done,
-           "validation accuracy": history.best_value,
-           "test accuracy": scores(prepared.data["test"]["labels"], probs)["accuracy"], "seconds": seconds}
+    row = result_row(history, scores(prepared.data["test"]["labels"], probs)["accuracy"], seconds, arm=arm, **labels)
     if keep_model:
         row["model"], row["probs"] = student, probs
     return row
@@ -292,32 +295,16 @@ def run_distilbert(parts: dict[str, Dataset], prepared: Prepared, settings: Dist
     started = time.perf_counter()
     history = distil(student, parts["transfer"], prepared, settings, lr, seed, steps=settings.distilbert_steps,
                      **train_options)
-    seconds = time.perf_counter() - started
-    probs = predict_proba(student, prepared.test)
-    row = {"arm": "DistilBERT-style", "seed": seed, "lr": lr, "steps": history.steps_done,
-           "validation accuracy": history.best_value,
-           "test accuracy": scores(prepared.data["test"]["labels"], probs)["accuracy"], "seconds": seconds}
-    if keep_model:
-        row["model"], row["probs"] = student, probs
-    return row
+    return race_row("DistilBERT-style", student, history, prepared, time.perf_counter() - started, keep_model,
+                    lr=lr, seed=seed)
 
 
 ARMS = (*STUDENTS, "DistilBERT-style")
 
 
-def chosen_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Each arm's learning rate with the best validation accuracy at the first noise seed (ties: the smaller)."""
-    first = min(row["seed"] for row in rows)
-    best: dict[str, dict[str, Any]] = {}
-    for row in sorted((r for r in rows if r["seed"] == first), key=lambda r: r["lr"]):
-        if row["arm"] not in best or row["validation accuracy"] > best[row["arm"]]["validation accuracy"]:
-            best[row["arm"]] = row
-    return {arm: row["lr"] for arm, row in best.items()}
-
-
 def best_student_arm(rows: Sequence[dict[str, Any]], arms: Sequence[str] = tuple(STUDENTS)) -> str:
     """Of `arms`, the mini-BERT student with the highest mean validation accuracy over the seeds at its chosen rate."""
-    rates = chosen_rates(rows)
+    rates = chosen_rates(rows, by="arm")
     means = {arm: float(np.mean([r["validation accuracy"] for r in rows if r["arm"] == arm and r["lr"] == rates[arm]]))
              for arm in arms if arm in rates}
     return max(means, key=means.get)
@@ -325,14 +312,13 @@ def best_student_arm(rows: Sequence[dict[str, Any]], arms: Sequence[str] = tuple
 
 def sweep(settings: DistillSettings, mini: Prepared, minilm: Prepared, transfer: Transfer, arms: Sequence[str] = ARMS,
           on_row=lambda row: None, reuse: Sequence[dict[str, Any]] = (), **train_options: Any) -> list[dict[str, Any]]:
-    """Every arm at each of its rates (first noise seed), then at its chosen rate with the other noise seeds.
-    reuse: rows of an earlier sweep with the same settings apart from the rates (`load_sweep(...,
-    any_rates=True)`), taken as they are instead of training again."""
+    """Chapter 05's protocol (utils.sweeps.tune_then_repeat) for every arm: each of its rates with the first
+    noise seed, the other noise seeds at the rate best on validation. reuse: rows of an earlier sweep with the
+    same settings apart from the rates (`load_sweep(..., any_rates=True)`), taken as they are instead of
+    training again."""
     earlier = {(row["arm"], row["lr"], row["seed"]): row for row in reuse}
     parts = {"mini": student_parts(transfer, mini.tokenizer, settings.max_length),
              "MiniLM": student_parts(transfer, minilm.tokenizer, settings.max_length)}
-    first, others = settings.noise_seeds[0], settings.noise_seeds[1:]
-    rows: list[dict[str, Any]] = []
 
     def record(arm: str, lr: float, seed: int) -> dict[str, Any]:
         if (arm, lr, seed) in earlier:
@@ -341,18 +327,15 @@ def sweep(settings: DistillSettings, mini: Prepared, minilm: Prepared, transfer:
             row = run_distilbert(parts["MiniLM"], minilm, settings, lr, seed, **train_options)
         else:
             row = run_student(arm, parts["mini"], mini, settings, lr, seed, **train_options)
-        rows.append(row)
         on_row(row)
         return row
+    rows: list[dict[str, Any]] = []
     for arm in arms:
-        tried = [record(arm, lr, first) for lr in settings.rates(arm)]
-        best = chosen_rates(tried)[arm]
-        for seed in others:
-            record(arm, best, seed)
+        rows += tune_then_repeat(settings.rates(arm), settings.noise_seeds, lambda lr, seed: record(arm, lr, seed))
     return rows
 
 
-RESULTS = Path(utils.__file__).resolve().parents[1] / "bench" / "results"
+DISTILL_SWEEP = SweepRecord("distill_sweep", made_by="distill_settings", inputs_named="sentiment set, teacher or mini-BERT")
 
 
 def inputs_identity(data, teacher_folder: str | Path | None = None) -> dict[str, str]:
@@ -365,23 +348,16 @@ def inputs_identity(data, teacher_folder: str | Path | None = None) -> dict[str,
                            mini_bert=mini_bert_identity())
 
 
-def sweep_path(preset: str) -> Path:
-    return RESULTS / f"distill_sweep_{preset}.json"
-
-
 def write_sweep(rows: list[dict[str, Any]], settings: DistillSettings, data, preset: str, seconds: float,
                 command: str) -> Path:
-    return write_record(sweep_path(preset), preset=preset, settings=asdict(settings), inputs=inputs_identity(data),
-                        rows=rows, seconds=seconds, command=command)
+    return DISTILL_SWEEP.write(preset, settings=asdict(settings), inputs=inputs_identity(data), rows=rows,
+                               seconds=seconds, command=command)
 
 
 def load_sweep(preset: str, settings: DistillSettings, data, any_rates: bool = False) -> dict[str, Any]:
     """The committed sweep for `preset`, refused if made with other settings (other learning rates too,
     unless any_rates), data, teacher or mini-BERT."""
-    return read_record(sweep_path(preset), settings=asdict(settings), inputs=inputs_identity(data),
-                       rerun=f"python bench/distill_sweep.py --preset {preset}",
-                       made_by=f"distill_settings({preset!r})", inputs_named="sentiment set, teacher or mini-BERT",
-                       any_rates=any_rates)
+    return DISTILL_SWEEP.read(preset, settings=asdict(settings), inputs=inputs_identity(data), any_rates=any_rates)
 
 
 def _gate_hooks(model: SentenceClassifier, gates: torch.Tensor) -> list:
@@ -586,7 +562,7 @@ def student(settings: DistillSettings | None = None, *, result: dict[str, Any] |
             arm = best_student_arm(record["rows"], TRAINED_HERE[preset])
             mini = prepare(data, "random")
             parts = student_parts(transfer_set(data, settings), mini.tokenizer, settings.max_length)
-            row = run_student(arm, parts, mini, settings, chosen_rates(record["rows"])[arm], 0, keep_model=True,
+            row = run_student(arm, parts, mini, settings, chosen_rates(record["rows"], by="arm")[arm], 0, keep_model=True,
                               **{"progress": True, "desc": f"training the student ({arm})", **train_options})
         save_classifier(row["model"], load_tokenizer("random"), folder,
                         {"arm": row["arm"], "lr": row["lr"], "seed": row["seed"], "settings": asdict(settings),

@@ -73,6 +73,7 @@ def test_probabilities_sorted_by_length_come_back_in_the_callers_order(model, to
     assert np.allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_has_dynamic_axes_and_matches_torch(model, tokenizer, tmp_path):
     path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
     run = onnx_runner(path, threads=1)
@@ -189,6 +190,7 @@ def test_model_card_is_written_from_the_facts():
     assert card.startswith("---\n")
 
 
+@pytest.mark.slow
 def test_load_test_in_a_process_of_its_own(predictor):
     with BackgroundServer(create_app(predictor, batching=False)) as server:
         plan = {"texts": TEXTS, "warmup": 2, "runs": [{"url": server.url, "concurrency": 2, "requests": 6, "seconds": 30,

@@ -13,12 +13,13 @@ from transformers import BertConfig, BertModel
 from course import ch07_distillation as ch07
 from course.ch04_pretraining import train_wordpiece
 from course.ch05_fine_tuning import SentenceClassifier, save_classifier
-from course.ch07_distillation import (Distilled, Transfer, augment, augmented_sentences, best_student_arm, chosen_rates,
+from course.ch07_distillation import (Distilled, Transfer, augment, augmented_sentences, best_student_arm,
                                       dequantise, distill_settings, distillation_loss, every_other_layer,
                                       fake_quantise, head_importance, heads_left, heads_to_remove, int8_kernel,
                                       int8_state, linear_bytes, magnitude_prune, prune_heads, quantise_rows,
                                       student_parts, transfer_batches, word_kinds, zero_share)
 from utils.data import load_corpus, load_sentiment
+from utils.sweeps import chosen_rates
 
 
 @pytest.fixture(scope="module")
@@ -235,18 +236,18 @@ def test_chosen_rates_and_best_student():
             {"arm": "distilled", "lr": 1e-3, "seed": 0, "validation accuracy": 0.75},
             {"arm": "distilled", "lr": 1e-3, "seed": 1, "validation accuracy": 0.71},
             {"arm": "hard labels", "lr": 3e-4, "seed": 1, "validation accuracy": 0.74}]
-    assert chosen_rates(rows) == {"hard labels": 3e-4, "distilled": 1e-3}       # tie: the smaller rate
+    assert chosen_rates(rows, by="arm") == {"hard labels": 3e-4, "distilled": 1e-3}   # tie: the smaller rate
     assert best_student_arm(rows) == "distilled"                                  # 0.73 against 0.72
 
 
 def test_committed_cpu_sweep_matches_the_chapter_settings_and_data():
-    record = json.loads(ch07.sweep_path("cpu").read_text())
+    record = json.loads(ch07.DISTILL_SWEEP.path("cpu").read_text())
     settings = distill_settings("cpu")
     assert record["settings"] == json.loads(json.dumps(asdict(settings)))
     for arm in ch07.ARMS:
         tried = {row["lr"] for row in record["rows"] if row["arm"] == arm and row["seed"] == settings.noise_seeds[0]}
         assert tried == set(settings.rates(arm)), arm
-        best = chosen_rates(record["rows"])[arm]
+        best = chosen_rates(record["rows"], by="arm")[arm]
         assert {row["seed"] for row in record["rows"] if row["arm"] == arm and row["lr"] == best} == set(settings.noise_seeds)
     assert record["inputs"] == ch07.inputs_identity(load_sentiment())      # machine-independent: loads anywhere
 

@@ -38,6 +38,7 @@ def workspace(tmp_path_factory):
     return pretrain
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_exactly(workspace):
     one = workspace("one", 1)
     two = workspace("two", 2)
@@ -56,6 +57,7 @@ def test_two_processes_train_like_one_and_resume_exactly(workspace):
     assert resumed["train"] == two["train"] and resumed["test"] == two["test"]     # bit for bit
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_by_two_processes_is_refused_by_one(workspace):
     workspace("other", 2, "--stop-at", "3")
     message = workspace("other-again", 1, check=False)

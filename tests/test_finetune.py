@@ -178,7 +178,7 @@ def stored_teacher(tmp_path, monkeypatch, tokenizer):
 def test_teacher_stores_a_given_run_and_reuses_it(stored_teacher, monkeypatch):
     folder, _ = stored_teacher
     assert (folder / "classifier.json").is_file()
-    monkeypatch.setattr(finetune, "run", lambda *a, **k: pytest.fail("a cached teacher must not be trained again"))
+    monkeypatch.setattr(finetune, "run_arm", lambda *a, **k: pytest.fail("a cached teacher must not be trained again"))
     assert finetune.teacher() == folder
 
 
@@ -189,7 +189,7 @@ def test_other_sentences_rebuild_the_teacher_with_a_warning_never_reuse_it(store
                                              for i in range(40)))
     monkeypatch.setenv("FROM_ZERO_SENTIMENT", str(mine))
     trained = []
-    monkeypatch.setattr(finetune, "run", lambda *a, **k: trained.append(1) or row)
+    monkeypatch.setattr(finetune, "run_arm", lambda *a, **k: trained.append(1) or row)
     with pytest.warns(UserWarning, match=r"rebuilding .*teacher: out of date \(made from sentiment .*, now .*"):
         assert finetune.teacher() == folder
     assert trained == [1]
@@ -219,5 +219,5 @@ def test_the_committed_pretraining_tables_match_the_code_that_reads_them():
     scaling, recipes = finetune.load_scaling("cpu", data), finetune.load_recipes("cpu", data)
     assert {row["pretraining steps"] for row in scaling["rows"]} == {round(m * 1100) for m in finetune.SCALING_MULTIPLES}
     assert [name for name, _ in finetune.RECIPE_VARIANTS] == list(dict.fromkeys(row["variant"] for row in recipes["rows"]))
-    with pytest.raises(FileNotFoundError, match=r"pretraining_recipes_gpu.json is missing: run `python bench/pretraining_recipes.py --preset gpu`"):
+    with pytest.raises(FileNotFoundError, match=r"pretraining_recipes_gpu.json is missing: run `python -m bench.pretraining_recipes --preset gpu`"):
         finetune.load_recipes("gpu", data)

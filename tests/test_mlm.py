@@ -97,6 +97,7 @@ def test_the_recipe_search_options_fail_at_the_door_and_leave_the_default_recipe
     assert other.startswith("mini-bert-mlm-tiny-1100-") and other != artifact_name(settings_for("cpu", positions="sinusoidal"))
 
 
+@pytest.mark.slow
 def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cache_dir):
     settings = PretrainSettings(model="tiny", vocab_size=500, block_size=32, batch_size=8, steps=2,
                                 validation_blocks=16, evaluations=1)
@@ -111,6 +112,7 @@ def test_pretrained_artifact_is_built_once_and_reloads_with_identical_logits(cac
     assert torch.equal(model(ids).logits, BertForMaskedLM.from_pretrained(folder).eval()(ids).logits)
 
 
+@pytest.mark.slow
 def test_pretraining_checkpoints_and_a_second_run_restores_instead_of_retraining(cache_dir, tokenizer):
     settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=4,
                                 validation_blocks=8, evaluations=2, in_domain=False)
@@ -133,6 +135,7 @@ def test_wordpiece_training_is_deterministic():
     assert first.decode(encoded, skip_special_tokens=True) == "the lobster is a species."
 
 
+@pytest.mark.slow
 def test_another_corpus_never_resumes_or_reuses_this_corpus_weights(cache_dir, tmp_path, monkeypatch, tokenizer):
     settings = PretrainSettings(model="tiny", vocab_size=600, block_size=32, batch_size=8, steps=2,
                                 validation_blocks=8, evaluations=1, in_domain=False)

@@ -10,9 +10,10 @@ from transformers import BertConfig, BertModel
 from course import ch06_peft as peft_chapter
 from course.ch03_model_anatomy import LoRALinear
 from course.ch05_fine_tuning import SentenceClassifier
-from course.ch06_peft import (METHODS, PromptTuned, RatingRegressor, build, chosen_rates, count_trainable,
+from course.ch06_peft import (METHODS, PromptTuned, RatingRegressor, build, count_trainable,
                               load_sweep, load_trainable, lora_update_norms, peft_settings, save_trainable,
                               trainable_by_part, trainable_formula)
+from utils.sweeps import chosen_rates
 
 SETTINGS = replace(peft_settings("cpu"), k=1, bottleneck=4, prompt_length=3, rank=2)
 
@@ -134,14 +135,14 @@ def test_chosen_rates_use_validation_of_the_first_seed_only():
             {"method": "LoRA", "lr": 3e-3, "seed": 0, "validation accuracy": 0.82},
             {"method": "LoRA", "lr": 1e-3, "seed": 1, "validation accuracy": 0.95},
             {"method": "head only", "lr": None, "seed": 0, "validation accuracy": 0.7}]
-    assert chosen_rates(rows) == {"LoRA": 3e-3}
+    assert chosen_rates(rows, by="method") == {"LoRA": 3e-3}
 
 
 def test_a_sweep_made_with_other_settings_or_inputs_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(peft_chapter, "RESULTS", tmp_path)
+    monkeypatch.setattr(peft_chapter, "PEFT_SWEEP", replace(peft_chapter.PEFT_SWEEP, folder=tmp_path))
     monkeypatch.setattr(peft_chapter, "inputs_identity", lambda data: {"sentiment": "a", "model": "b"})
     settings = peft_settings("cpu")
-    with pytest.raises(FileNotFoundError, match="python bench/peft_sweep.py --preset cpu"):
+    with pytest.raises(FileNotFoundError, match="python -m bench.peft_sweep --preset cpu"):
         load_sweep("cpu", settings, None)
     record = {"settings": json.loads(json.dumps(asdict(settings))), "inputs": {"sentiment": "a", "model": "b"}}
     (tmp_path / "peft_sweep_cpu.json").write_text(json.dumps(record))
@@ -157,7 +158,7 @@ def test_a_sweep_made_with_other_settings_or_inputs_is_refused(tmp_path, monkeyp
 def test_the_committed_cpu_sweep_matches_the_chapter_settings_and_data():
     from utils.data import load_sentiment
     record = load_sweep("cpu", peft_settings("cpu"), load_sentiment())
-    assert set(chosen_rates(record["rows"])) == set(peft_chapter.TRAINED)
+    assert set(chosen_rates(record["rows"], by="method")) == set(peft_chapter.TRAINED)
 
 
 def test_a_sweep_reuses_earlier_runs_and_trains_only_what_is_new(monkeypatch):

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from utils.sweeps import read_record, sweep_arguments, sweep_command, write_record
+from utils.sweeps import (SweepRecord, best_rate, chosen_rates, read_record, sweep_arguments, sweep_command,
+                          tune_then_repeat, write_record)
 
 SETTINGS = {"steps": 10, "learning_rates": [["LoRA", [1e-3, 3e-3]]], "seeds": (0, 1)}
 INPUTS = {"sentiment sha256": "aaaa", "model": "bbbb"}
@@ -39,8 +40,8 @@ def test_other_settings_other_inputs_or_no_file_are_refused_with_the_command(tmp
 
 def test_the_sweep_scripts_options_and_command_line():
     args = sweep_arguments("a sweep", ["--preset", "gpu", "--reuse"])
-    assert sweep_command("bench/x.py", args) == "python bench/x.py --preset gpu --reuse"
-    assert sweep_command("bench/x.py", sweep_arguments("a sweep", [])) == "python bench/x.py"
+    assert sweep_command("bench.x", args) == "python -m bench.x --preset gpu --reuse"
+    assert sweep_command("bench.x", sweep_arguments("a sweep", [])) == "python -m bench.x"
 
 
 def test_a_record_made_here_must_be_matched_to_the_bit_one_made_elsewhere_within_the_noise(tmp_path, capsys):
@@ -62,3 +63,29 @@ def test_a_record_made_here_must_be_matched_to_the_bit_one_made_elsewhere_within
     assert [r["within"] for r in rows] == [True, False]
     assert "made elsewhere (processor Another CPU · AVX2 there, " in capsys.readouterr().out
     assert "transformers 4.0 there" in where_made({**record, "versions": {**record["versions"], "transformers": "4.0"}})
+
+
+def test_the_protocol_tries_every_rate_on_the_first_seed_and_repeats_the_best():
+    scores = {1e-4: 0.70, 3e-4: 0.80, 1e-3: 0.80, 3e-3: 0.60}
+    calls = []
+
+    def train(lr, seed):
+        calls.append((lr, seed))
+        return {"lr": lr, "seed": seed, "validation accuracy": scores[lr] + seed / 100}
+    rows = tune_then_repeat(tuple(scores), (0, 1, 2), train)
+    assert calls == [(1e-4, 0), (3e-4, 0), (1e-3, 0), (3e-3, 0), (3e-4, 1), (3e-4, 2)]   # a tie: the smaller rate
+    assert [row["chosen"] for row in rows] == [False, True, False, False, True, True]
+    assert best_rate(rows[:4]) == 3e-4 and best_rate(list(reversed(rows[:4]))) == 3e-4
+    rows.append({"arm": "x", "lr": None, "seed": 0, "validation accuracy": 0.99})      # nothing trained: no rate
+    assert chosen_rates([{**row, "arm": "a"} for row in rows[:-1]] + rows[-1:], by="arm") == {"a": 3e-4}
+
+
+def test_a_sweep_record_names_its_file_and_the_command_that_makes_it(tmp_path):
+    record = SweepRecord("x_sweep", made_by="x_settings", inputs_named="sentiment set", folder=tmp_path)
+    assert record.path("cpu") == tmp_path / "x_sweep_cpu.json"
+    with pytest.raises(FileNotFoundError, match=r"run `python -m bench.x_sweep --preset cpu`"):
+        record.read("cpu", settings=SETTINGS, inputs=INPUTS)
+    record.write("cpu", settings=SETTINGS, inputs=INPUTS, rows=[{"lr": 1e-3}], seconds=3, command="c")
+    assert record.read("cpu", settings=SETTINGS, inputs=INPUTS)["rows"] == [{"lr": 1e-3}]
+    with pytest.raises(ValueError, match=r"other settings than x_settings\('cpu'\)"):
+        record.read("cpu", settings={**SETTINGS, "steps": 1}, inputs=INPUTS)

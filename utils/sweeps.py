@@ -1,5 +1,11 @@
-"""Committed sweep records (`bench/results/*.json`): long learning-rate sweeps run by a `bench/` script, read by a
-chapter. A record carries what it was made from (settings, the identity of its inputs, versions, machine,
+"""The course's learning-rate protocol, and the committed sweep records (`bench/results/*.json`) that long sweeps
+run by a `bench/` script leave for a chapter to read.
+
+The protocol (`tune_then_repeat`): train at every rate of a grid with the first seed, keep the rate best on
+validation (`best_rate`: ties go to the smaller rate), train the other seeds at that rate. Every comparison in
+chapters 05-07 and bench/ chooses its rates this way, one arm at a time, so that no arm is favoured.
+
+A record (`SweepRecord`) carries what it was made from (settings, the identity of its inputs, versions, machine,
 command), and reading it with other settings or inputs is refused with the command that makes it again."""
 from __future__ import annotations
 
@@ -7,14 +13,81 @@ import argparse
 import json
 import math
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import atomic_path
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+# ---------------------------------------------------------------- the learning-rate protocol
+def best_rate(rows: Sequence[Mapping[str, Any]], key: str = "validation accuracy") -> float:
+    """The learning rate of the row that scores highest on `key`; a tie goes to the smaller rate (the cautious one)."""
+    return min(rows, key=lambda row: (-row[key], row["lr"]))["lr"]
+
+
+def tune_then_repeat(rates: Sequence[float], seeds: Sequence[int],
+                     train: Callable[[float, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The protocol for one arm: `train(lr, seed)` at every rate with seeds[0], the best on validation kept
+    (`best_rate`), then the other seeds at that rate. Each row gains "chosen" (run at the kept rate); every
+    row is returned, in the order it was trained."""
+    tried = [dict(train(lr, seeds[0])) for lr in rates]
+    best = best_rate(tried)
+    rows = tried + [dict(train(best, seed)) for seed in seeds[1:]]
+    return [{**row, "chosen": row["lr"] == best} for row in rows]
+
+
+def chosen_rates(rows: Sequence[Mapping[str, Any]], by: str) -> dict[str, float]:
+    """For each arm (each value of row[by]: a method, an arm), the rate `best_rate` keeps among the rows of the
+    first seed. Rows without a rate (nothing trained, e.g. a linear probe) are left out."""
+    first = min(row["seed"] for row in rows)
+    arms: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["seed"] == first and row["lr"] is not None:
+            arms.setdefault(row[by], []).append(row)
+    return {arm: best_rate(tried) for arm, tried in arms.items()}
+
+
+def result_row(history: Any, test_accuracy: float, seconds: float, **labels: Any) -> dict[str, Any]:
+    """One fine-tuning run as a row, with the same keys in every chapter: `labels` (arm or method, seed, lr…),
+    then steps, validation accuracy (the best evaluation, as utils.train kept it), test accuracy and seconds."""
+    return {**labels, "steps": history.steps_done, "validation accuracy": history.best_value,
+            "test accuracy": test_accuracy, "seconds": seconds}
+
+
+# ---------------------------------------------------------------- committed records
+@dataclass(frozen=True)
+class SweepRecord:
+    """A committed sweep: `{folder}/{name}_{preset}.json`, made by `python -m bench.{name} --preset PRESET`.
+    made_by: the function that gives its settings (for messages); inputs_named: its inputs, in words."""
+    name: str
+    made_by: str
+    inputs_named: str
+    libraries: tuple[str, ...] = ("transformers",)
+    folder: Path = RESULTS
+
+    def path(self, preset: str) -> Path:
+        return Path(self.folder) / f"{self.name}_{preset}.json"
+
+    def rerun(self, preset: str) -> str:
+        return f"python -m bench.{self.name} --preset {preset}"
+
+    def write(self, preset: str, *, settings: Mapping[str, Any], inputs: Mapping[str, str],
+              rows: Sequence[Mapping[str, Any]], seconds: float, command: str) -> Path:
+        return write_record(self.path(preset), preset=preset, settings=settings, inputs=inputs, rows=rows,
+                            seconds=seconds, command=command, libraries=self.libraries)
+
+    def read(self, preset: str, *, settings: Mapping[str, Any], inputs: Mapping[str, str],
+             any_rates: bool = False) -> dict[str, Any]:
+        return read_record(self.path(preset), settings=settings, inputs=inputs, rerun=self.rerun(preset),
+                           made_by=f"{self.made_by}({preset!r})", inputs_named=self.inputs_named, any_rates=any_rates)
 
 
 def write_record(path: str | Path, *, preset: str, settings: Mapping[str, Any], inputs: Mapping[str, str],
@@ -137,7 +210,8 @@ def sweep_arguments(description: str, argv: list[str] | None = None) -> argparse
     return args
 
 
-def sweep_command(script: str, args: argparse.Namespace) -> str:
-    """The command line that made a record, as stored in it."""
-    return (f"python {script}" + (f" --preset {args.preset}" if args.preset else "")
+def sweep_command(module: str, args: argparse.Namespace) -> str:
+    """The command line that made a record, as stored in it: `module` is the script's __name__ or its name
+    under bench/ (bench.peft_sweep)."""
+    return (f"python -m {module}" + (f" --preset {args.preset}" if args.preset else "")
             + (" --reuse" if args.reuse else ""))
