@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 import utils
+from course.ch03_model_anatomy import count_parameters
 from course.ch05_fine_tuning import batches, load_classifier, prepare, teacher
 from course.ch07_distillation import (every_other_layer, file_bytes, head_importance, heads_to_remove,
-                                      int8_kernel, int8_state, latency_ms, magnitude_prune, parameter_count,
+                                      int8_kernel, int8_state, latency_ms, magnitude_prune,
                                       prune_heads, student, throughput)
 from utils.data import load_sentiment
 
@@ -46,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     pruned = prune_heads(copy.deepcopy(big), heads_to_remove(importance, importance.numel() // 2))
     sparse, half = magnitude_prune(copy.deepcopy(big)), every_other_layer(big)
     models = [
-        ("teacher (MiniLM, 6 layers)", big, big_tokenizer, big.state_dict(), parameter_count(big)),
-        ("DistilBERT-style (3 layers)", half, big_tokenizer, half.state_dict(), parameter_count(half)),
-        ("student", small, small_tokenizer, small.state_dict(), parameter_count(small)),
-        ("teacher, half the heads pruned", pruned, big_tokenizer, pruned.state_dict(), parameter_count(pruned)),
-        ("teacher, half the weights zeroed", sparse, big_tokenizer, sparse.state_dict(), parameter_count(sparse)),
-        ("teacher, int8", int8_kernel(big), big_tokenizer, int8_state(big), parameter_count(big)),
-        ("teacher, heads pruned + int8", int8_kernel(pruned), big_tokenizer, int8_state(pruned), parameter_count(pruned)),
-        ("student, int8", int8_kernel(small), small_tokenizer, int8_state(small), parameter_count(small)),
+        ("teacher (MiniLM, 6 layers)", big, big_tokenizer, big.state_dict(), count_parameters(big)),
+        ("DistilBERT-style (3 layers)", half, big_tokenizer, half.state_dict(), count_parameters(half)),
+        ("student", small, small_tokenizer, small.state_dict(), count_parameters(small)),
+        ("teacher, half the heads pruned", pruned, big_tokenizer, pruned.state_dict(), count_parameters(pruned)),
+        ("teacher, half the weights zeroed", sparse, big_tokenizer, sparse.state_dict(), count_parameters(sparse)),
+        ("teacher, int8", int8_kernel(big), big_tokenizer, int8_state(big), count_parameters(big)),
+        ("teacher, heads pruned + int8", int8_kernel(pruned), big_tokenizer, int8_state(pruned), count_parameters(pruned)),
+        ("student, int8", int8_kernel(small), small_tokenizer, int8_state(small), count_parameters(small)),
     ]
     texts, sentence = data["test"]["text"], data["test"]["text"][0]
     print(f"{utils.describe()} · {torch.get_num_threads()} threads · {platform.processor() or platform.machine()} · "

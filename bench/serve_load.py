@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import utils
-from course.ch08_deployment import (BackgroundServer, answers_match, create_app, load_predictor,
+from utils.serving import BackgroundServer
+from course.ch08_deployment import (answers_match, create_app, load_predictor,
                                     load_test_elsewhere)
 from utils.data import load_sentiment
 

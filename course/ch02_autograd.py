@@ -85,7 +85,7 @@ Value.__radd__ = lambda self, other: self + other
 Value.__rmul__ = lambda self, other: self * other
 Value.__rsub__ = lambda self, other: Value(other) - self
 Value.__rtruediv__ = lambda self, other: Value(other) / self
-Value.backward = lambda self, retain_graph=False: backpropagate(self, 1.0, retain_graph)   # two cells below
+Value.backward = lambda self, retain_graph=False: backpropagate(self, 1.0, retain_graph)   # backpropagate: written next
 
 
 def topological_order(root) -> list:
@@ -448,3 +448,30 @@ def saved_for_backward(forward: Callable[[], Any], exclude: Iterable[torch.Tenso
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = forward()
     return sum(sizes), result
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'Value',
+    'tanh',
+    'sigmoid',
+    'topological_order',
+    'backpropagate',
+    'SCALAR_OPS',
+    'random_expression',
+    'evaluate_expression',
+    'max_gradient_difference',
+    'unbroadcast',
+    'Tensor',
+    'as_tensor',
+    'tensor_sum',
+    'tensor_mean',
+    'backward',
+    'zero_grad',
+    'cross_entropy',
+    'Linear',
+    'MLP',
+    'random_tensor_program',
+    'evaluate_tensor_program',
+    'two_moons',
+    'saved_for_backward',
+]

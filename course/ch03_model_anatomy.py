@@ -148,7 +148,7 @@ def layer_formula(config) -> int:
 
 def parameter_formulas(config, *, pooler: bool = True, mlm_head: bool = False,
                        num_labels: int | None = None) -> dict[str, int]:
-    """Parameters per component of a BERT, from its configuration (the table above)."""
+    """Parameters per component of a BERT (embeddings, attention, feed-forward, norms, pooler), from its configuration."""
     V, P, T, H, F, L = _sizes(config)
     formulas = {
         "token embeddings": V * H,
@@ -357,3 +357,32 @@ def trainable_formula(config, strategy: str, *, num_labels: int = 2, k: int = 2,
     if strategy == "LoRA":
         return L * len(targets) * r * (H + H) + head   # Q and V are H × H: A is r × H, B is H × r
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'MultiHeadSelfAttention',
+    'forward',
+    'EncoderLayer',
+    'load_bert_layer',
+    'Embeddings',
+    'Encoder',
+    'encoder_from_bert',
+    'layer_formula',
+    'parameter_formulas',
+    'COMPONENT_RULES',
+    'component_of',
+    'count_by_component',
+    'count_by_layer',
+    'count_parameters',
+    'chain_rng',
+    'transitions',
+    'markov_sequences',
+    'mask_tokens',
+    'LoRALinear',
+    'merged',
+    'add_lora',
+    'merge_lora',
+    'STRATEGIES',
+    'apply_strategy',
+    'trainable_formula',
+]

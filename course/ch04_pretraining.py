@@ -344,3 +344,37 @@ def text_identity(settings: PretrainSettings) -> dict[str, str]:
 @functools.lru_cache(maxsize=8)
 def _text_identity(settings: PretrainSettings, *sources: tuple) -> tuple:
     return tuple(made_from(training_text=corpus(settings), validation_text=load_corpus("validation")).items())
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'POSITIONS',
+    'PretrainSettings',
+    'SETTINGS',
+    'settings_for',
+    'corpus',
+    'SPECIAL_TOKENS',
+    'CONTINUATION',
+    'continuation_bpe',
+    'readable',
+    'train_wordpiece',
+    'mask_tokens',
+    'special_mask',
+    'mask_with',
+    'pack_blocks',
+    'MaskedOnlyMLM',
+    'new_model',
+    'SINUSOID_SCALE',
+    'sinusoids',
+    'masked_batches',
+    'fixed_masked_set',
+    'masked_lm_scores',
+    'inputs_identity',
+    'training_folder',
+    'pretrain',
+    'unigram_baseline',
+    'save_pretrained_mlm',
+    'pretrained_mini_bert',
+    'mini_bert_identity',
+    'artifact_name',
+    'text_identity',
+]

@@ -24,6 +24,9 @@ from utils.models import load_pretrained, load_pretrained_tokenizer, model_ident
 from utils.sweeps import result_row
 
 
+MAX_LENGTH = 64      # tokens a sentence is cut to (the set's sentences are short: almost all fit)
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     steps: int = 200                # optimizer steps, the same for every arm and every labelled size
@@ -33,7 +36,7 @@ class FinetuneSettings:
     weight_decay: float = 0.01      # AdamW; never on biases and LayerNorm weights
     evaluations: int = 4            # validation accuracy this many times per run; the best weights are kept
     patience: int | None = None     # stop after this many evaluations without improvement
-    max_length: int = 64
+    max_length: int = MAX_LENGTH
     pooling: str = "mean"
     dropout: float = 0.1
     seed: int = 0
@@ -104,7 +107,7 @@ def load_tokenizer(arm: str, mini_bert: str | Path | None = None):
     return AutoTokenizer.from_pretrained(mini_bert or mini_bert_folder())
 
 
-def tokenize(data, tokenizer, max_length: int = 64):
+def tokenize(data, tokenizer, max_length: int = MAX_LENGTH):
     """Token ids for every split with `.map(batched=True)`; no padding here (the collator pads each batch)."""
     def encode(rows):
         return tokenizer(rows["text"], truncation=True, max_length=max_length)
@@ -179,7 +182,7 @@ class Prepared:
     test: Any
 
 
-def prepare(data, arm: str, max_length: int = 64, eval_batch_size: int = 128,
+def prepare(data, arm: str, max_length: int = MAX_LENGTH, eval_batch_size: int = 128,
             mini_bert: str | Path | None = None) -> Prepared:
     """Tokenize the sentiment DatasetDict with `arm`'s tokenizer and build its evaluation loaders.
     mini_bert: another pretrained mini-BERT folder, whose tokenizer to use (bench/pretraining_recipes.py)."""
@@ -484,7 +487,7 @@ def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.nd
              "confidence": float(probs[i].max())} for i in worst]
 
 
-def predict(model: nn.Module, tokenizer, text: str | Sequence[str], max_length: int = 64) -> dict | list[dict]:
+def predict(model: nn.Module, tokenizer, text: str | Sequence[str], max_length: int = MAX_LENGTH) -> dict | list[dict]:
     """{"label": "positive" | "negative", "probability": p, "text": text, "truncated": bool} for one text or a
     list. A text longer than `max_length` tokens is cut there (the model reads its beginning only)."""
     texts = [text] if isinstance(text, str) else list(text)
@@ -577,3 +580,58 @@ def teacher_identity(settings: FinetuneSettings | None = None) -> dict[str, Any]
     warning saying which; later chapters' results name the teacher by this, never by its trained weights."""
     return made_from("MiniLM fine-tuned on the sentiment sentences (chapter 05)", settings or teacher_settings(),
                      sentiment=sentiment_rows(load_sentiment()), encoder=model_identity())
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'MAX_LENGTH',
+    'FinetuneSettings',
+    'ExperimentSettings',
+    'EXPERIMENT',
+    'experiment_for',
+    'LABELS',
+    'ARMS',
+    'mini_bert_folder',
+    'load_tokenizer',
+    'tokenize',
+    'LengthGroupedSampler',
+    'batches',
+    'padding_share',
+    'Prepared',
+    'prepare',
+    'SentenceClassifier',
+    'sentence_vectors',
+    'forward',
+    'new_classifier',
+    'predict_proba',
+    'scores',
+    'accuracy',
+    'fine_tune',
+    'subset_indices',
+    'subset',
+    'run_arm',
+    'summarise',
+    'features',
+    'linear_probe',
+    'nearest_words',
+    'SCALING_MULTIPLES',
+    'SCALING_SIZES',
+    'SCALING',
+    'RECIPES',
+    'scaling_settings',
+    'scaling_identity',
+    'load_scaling',
+    'RECIPE_VARIANTS',
+    'RECIPE_LEVERS',
+    'recipes_settings',
+    'load_recipes',
+    'confident_mistakes',
+    'predict',
+    'NEUTRAL_CONFIDENCE',
+    'behaviour_table',
+    'save_classifier',
+    'load_classifier',
+    'TEACHER_LR',
+    'teacher_settings',
+    'teacher',
+    'teacher_identity',
+]

@@ -15,8 +15,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
 import utils
-from course.ch03_model_anatomy import LoRALinear, add_lora, merge_lora
-from course.ch05_fine_tuning import (FinetuneSettings, Prepared, SentenceClassifier, batches, features, fine_tune,
+from course.ch03_model_anatomy import LoRALinear, add_lora, count_parameters, merge_lora
+from course.ch05_fine_tuning import (MAX_LENGTH, FinetuneSettings, Prepared, SentenceClassifier, batches, features, fine_tune,
                                      linear_probe, new_classifier, predict_proba, prepare, scores)
 from utils.checkpoint import atomic_path
 from utils.data import sentiment_rows
@@ -67,7 +67,8 @@ def freeze_all_but_head(model: SentenceClassifier) -> SentenceClassifier:
 
 
 def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """What a method trains: chapter 03's count_parameters, trainable only."""
+    return count_parameters(model, trainable_only=True)
 
 
 def head_only(model: SentenceClassifier, settings: PeftSettings) -> SentenceClassifier:
@@ -343,7 +344,7 @@ class RatingRegressor(SentenceClassifier):
         return SequenceClassifierOutput(loss=loss, logits=rating)
 
 
-def rating_splits(data, tokenizer, max_length: int = 64):
+def rating_splits(data, tokenizer, max_length: int = MAX_LENGTH):
     """Token ids and the rating (as `labels`) of every split of the course's sentiment set."""
     if "rating" not in data["train"].column_names:
         raise ValueError("the ratings task needs the course's offline sentiment set (its 'rating' column): "
@@ -377,3 +378,43 @@ def train_ratings(ratings, tokenizer, settings: PeftSettings, lr: float, seed: i
     utils.train(model, loader, steps=settings.steps, lr=lr, warmup=0.1, weight_decay=0.01, schedule="linear",
                 **{"desc": "ratings", **train_options})
     return model
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'PeftSettings',
+    'PEFT',
+    'peft_settings',
+    'freeze_all_but_head',
+    'count_trainable',
+    'head_only',
+    'top_layers',
+    'bitfit',
+    'Adapter',
+    'WithAdapter',
+    'adapters',
+    'PromptTuned',
+    'prompt_tuning',
+    'lora',
+    'full',
+    'METHODS',
+    'build',
+    'trainable_formula',
+    'trainable_by_part',
+    'training_sentences',
+    'probe',
+    'run_method',
+    'TRAINED',
+    'PEFT_SWEEP',
+    'sweep',
+    'inputs_identity',
+    'write_sweep',
+    'load_sweep',
+    'trainable_state',
+    'save_trainable',
+    'load_trainable',
+    'lora_update_norms',
+    'RatingRegressor',
+    'rating_splits',
+    'predict_ratings',
+    'train_ratings',
+]

@@ -18,7 +18,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.pytorch_utils import prune_linear_layer
 
 import utils
-from course.ch05_fine_tuning import (LengthGroupedSampler, Prepared, SentenceClassifier, _over_batches,
+from course.ch03_model_anatomy import count_parameters
+from course.ch05_fine_tuning import (MAX_LENGTH, LengthGroupedSampler, Prepared, SentenceClassifier, _over_batches,
                                      accuracy, batches, load_classifier, new_classifier, predict_proba, prepare,
                                      save_classifier, scores, teacher, teacher_identity)
 from utils.data import load_sentiment, sentiment_rows
@@ -37,7 +38,7 @@ class DistillSettings:
     seeds: tuple[int, ...] = (0,)      # trained in the notebook (the sweep adds the noise seeds)
     noise_seeds: tuple[int, ...] = (0, 1, 2)
     distilbert_steps: int = 200        # the DistilBERT-style student (3 MiniLM layers): ~4× a mini-BERT step
-    max_length: int = 64
+    max_length: int = MAX_LENGTH
     learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("hard labels", (1e-4, 3e-4, 1e-3, 2e-3)), ("distilled", (3e-5, 1e-4, 3e-4, 1e-3, 2e-3)),
         ("distilled + augmented", (3e-4, 1e-3, 2e-3)), ("pretrained + distilled + augmented", (3e-4, 1e-3, 2e-3)),
@@ -131,7 +132,7 @@ def augmented_sentences(texts: Sequence[str], kinds: dict[str, list[str]], copie
 
 
 def teacher_logits(texts: Sequence[str], folder: str | Path | None = None, batch_size: int = 128,
-                   max_length: int = 64) -> torch.Tensor:
+                   max_length: int = MAX_LENGTH) -> torch.Tensor:
     """The teacher's logits for `texts` (default teacher: chapter 05's, built if missing), computed once in
     length-grouped batches and cached, keyed by the teacher (what it is made from) and the texts."""
     folder = Path(folder) if folder is not None else teacher()
@@ -202,11 +203,7 @@ STUDENTS = {   # arm: (weights at the start, what it learns from)
 TRAINED_HERE = {"cpu": tuple(STUDENTS)[:3], "gpu": tuple(STUDENTS)}
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def student_parts(transfer: Transfer, tokenizer, max_length: int = 64) -> dict[str, Dataset]:
+def student_parts(transfer: Transfer, tokenizer, max_length: int = MAX_LENGTH) -> dict[str, Dataset]:
     """The three things a student can learn from, tokenized with its tokenizer: "hard" (training
     sentences, labels), "soft" (the same + teacher logits), "transfer" (everything + teacher logits)."""
     encoded = tokenizer(transfer.texts, truncation=True, max_length=max_length)
@@ -449,7 +446,7 @@ def file_bytes(state: dict[str, torch.Tensor]) -> int:
 @torch.inference_mode()
 def latency_ms(model: nn.Module, tokenizer, text: str, repeats: int = 20) -> float:
     """Median milliseconds of one forward pass on one sentence (tokenisation excluded), after 3 warm-up calls."""
-    encoded = tokenizer([text], truncation=True, max_length=64, return_tensors="pt")
+    encoded = tokenizer([text], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     times = []
     with utils.evaluating(model):
@@ -464,7 +461,7 @@ def latency_ms(model: nn.Module, tokenizer, text: str, repeats: int = 20) -> flo
 @torch.inference_mode()
 def throughput(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64, repeats: int = 2) -> float:
     """Sentences per second for batches of `batch_size` of `texts` (padded to the longest), after one warm-up."""
-    encoded = tokenizer(list(texts[:batch_size]), truncation=True, max_length=64, padding=True, return_tensors="pt")
+    encoded = tokenizer(list(texts[:batch_size]), truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     with utils.evaluating(model):
         model(**inputs)
@@ -539,7 +536,7 @@ def int8_kernel(model: nn.Module) -> nn.Module:
     import copy
     import warnings
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # "torch.ao.quantization is deprecated": see the text above
+        warnings.simplefilter("ignore")          # "torch.ao.quantization is deprecated": the dynamic int8 kernels still work
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
@@ -570,3 +567,52 @@ def student(settings: DistillSettings | None = None, *, result: dict[str, Any] |
                          "validation accuracy": row["validation accuracy"]})
     version = utils.made_from("the race's best student (chapter 07)", settings, race=identity)
     return utils.get_or_build("student", build, version=version, rebuild=rebuild or result is not None)
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'DistillSettings',
+    'DISTILL',
+    'distill_settings',
+    'logits_of',
+    'soft_targets',
+    'distillation_loss',
+    'word_kinds',
+    'augment',
+    'augmented_sentences',
+    'teacher_logits',
+    'Transfer',
+    'transfer_set',
+    'Distilled',
+    'STUDENTS',
+    'TRAINED_HERE',
+    'student_parts',
+    'transfer_batches',
+    'distil',
+    'run_student',
+    'race_row',
+    'every_other_layer',
+    'run_distilbert',
+    'ARMS',
+    'best_student_arm',
+    'sweep',
+    'DISTILL_SWEEP',
+    'inputs_identity',
+    'write_sweep',
+    'load_sweep',
+    'head_importance',
+    'heads_to_remove',
+    'prune_heads',
+    'heads_left',
+    'file_bytes',
+    'latency_ms',
+    'throughput',
+    'magnitude_prune',
+    'zero_share',
+    'quantise_rows',
+    'dequantise',
+    'fake_quantise',
+    'int8_state',
+    'linear_bytes',
+    'int8_kernel',
+    'student',
+]

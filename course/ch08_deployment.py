@@ -3,13 +3,10 @@
 
 
 import asyncio
-import atexit
 import json
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +21,12 @@ from datasets import DatasetDict
 from torch import nn
 
 import utils
-from course.ch05_fine_tuning import (LABELS, batches, behaviour_table, load_classifier, predict_proba, scores,
+from course.ch05_fine_tuning import (LABELS, MAX_LENGTH, NEUTRAL_CONFIDENCE, batches, behaviour_table, load_classifier, predict_proba, scores,
                                      teacher, tokenize)
+from course.ch03_model_anatomy import count_parameters
 from course.ch07_distillation import student
 from utils.data import load_sentiment, sources
+from utils.serving import call_elsewhere
 
 
 SOURCES = {"student": ("07", student, "a mini-BERT (chapter 04's architecture and tokenizer) distilled from the "
@@ -44,14 +43,14 @@ def source_folder(name: str) -> Path:
     return SOURCES[name][1]()
 
 
-def test_loader(tokenizer, data=None, max_length: int = 64, batch_size: int = 128):
+def test_loader(tokenizer, data=None, max_length: int = MAX_LENGTH, batch_size: int = 128):
     """The test split in chapter 05's evaluation batches (the loader its accuracy was computed with)."""
     data = data if data is not None else load_sentiment()
     tokens = tokenize(DatasetDict(test=data["test"]), tokenizer, max_length)
     return batches(tokens["test"], tokenizer, batch_size, shuffle=False)
 
 
-def measure(model: nn.Module, tokenizer, data=None, max_length: int = 64) -> dict[str, Any]:
+def measure(model: nn.Module, tokenizer, data=None, max_length: int = MAX_LENGTH) -> dict[str, Any]:
     """Test accuracy, F1, expected calibration error and the behavioural pass rates of a classifier."""
     data = data if data is not None else load_sentiment()
     probs = predict_proba(model, test_loader(tokenizer, data, max_length))
@@ -72,10 +71,10 @@ def card_facts(name: str, folder: Path, model: nn.Module, measured: dict[str, An
     chapter, _, description = SOURCES.get(name, ("?", None, "a classifier saved with chapter 05's save_classifier"))
     return {"name": f"from-zero-sentiment-{name}", "version": f"{chapter}.{weights[:12]}", "card format": CARD_FORMAT,
             "description": description, "chapter": chapter, "labels": list(LABELS),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": count_parameters(model),
             "layers": config.num_hidden_layers, "hidden size": config.hidden_size,
             "heads": config.num_attention_heads, "vocabulary": config.vocab_size,
-            "max tokens": recorded.get("settings", {}).get("max_length", 64),
+            "max tokens": recorded.get("settings", {}).get("max_length", MAX_LENGTH),
             "weights MB": round((folder / "model.safetensors").stat().st_size / 1e6, 1), "weights sha256": weights,
             "training": {k: recorded[k] if k in recorded else recorded["settings"][k]
                          for k in ("arm", "lr", "seed", "steps", "batch_size", "temperature", "alpha", "copies")
@@ -123,7 +122,7 @@ Rated Rotten Tomatoes sentences (Pang & Lee 2004, ratings by Hutto & Gilbert 201
 | --- | --- | --- |
 | {facts['test accuracy']:.1%} | {facts['f1']:.3f} | {facts['ece']:.3f} |
 
-Behavioural checks (chapter 05; for neutral facts "pass" means a top probability below 0.75):
+Behavioural checks (chapter 05; for neutral facts "pass" means a top probability below {NEUTRAL_CONFIDENCE}):
 
 | phenomenon | sentences | pass rate |
 | --- | --- | --- |
@@ -160,7 +159,7 @@ def model_folder(name: str, *, rebuild: bool = False) -> Path:
                 shutil.copy2(path, folder / path.name)
         model, tokenizer = load_classifier(folder)
         recorded = json.loads((folder / "classifier.json").read_text())
-        max_length = recorded.get("settings", {}).get("max_length", 64)     # what the chapter evaluated with
+        max_length = recorded.get("settings", {}).get("max_length", MAX_LENGTH)     # what the chapter evaluated with
         facts = card_facts(name, folder, model, measure(model, tokenizer, max_length=max_length))
         (folder / "card.json").write_text(json.dumps(facts, indent=1))
         (folder / "README.md").write_text(model_card(facts))
@@ -189,7 +188,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def probabilities(run: Runner, tokenizer, texts: Sequence[str], batch_size: int = 32,
-                  max_length: int = 64) -> np.ndarray:
+                  max_length: int = MAX_LENGTH) -> np.ndarray:
     """Class probabilities for `texts` (n × 2, float32), in batches of similar length, in the texts' order."""
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
@@ -423,7 +422,7 @@ class Predictor:
     tokenizer: Any
     name: str
     version: str
-    max_length: int = 64
+    max_length: int = MAX_LENGTH
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return probabilities(self.run, self.tokenizer, texts, max_length=self.max_length)
@@ -491,46 +490,7 @@ def create_app(predictor: Predictor | None = None, *, batching: bool = True, max
 app = create_app()      # `uvicorn course.ch08_deployment:app` (or `make serve`) serves FROM_ZERO_SERVE
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-class BackgroundServer:
-    """uvicorn serving `app` on a daemon thread (it dies with the kernel); `stop()` ends it cleanly."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
-        import uvicorn
-        self.app, self.host, self.port = app, host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 120.0) -> "BackgroundServer":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start on {self.url} (port taken, or the model failed "
-                                   f"to load: see the messages above)")
-            time.sleep(0.02)
-        atexit.register(self.stop)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def __enter__(self) -> "BackgroundServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+from utils.serving import BackgroundServer   # uvicorn on a daemon thread, on a free port of 127.0.0.1
 
 
 async def load_test(url: str, texts: Sequence[str], concurrency: int, requests: int = 200, seconds: float = 10.0,
@@ -576,21 +536,10 @@ def run_load_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return asyncio.run(main())
 
 
-LOAD_CLIENT = ("import json, sys\nfrom course.ch08_deployment import run_load_plan\n"
-               "print(json.dumps(run_load_plan(json.load(sys.stdin))))")
-
-
 def load_test_elsewhere(plan: dict[str, Any], timeout: float = 600) -> list[dict[str, Any]]:
-    """`run_load_plan(plan)` in a separate Python process, so that the clients do not share the server's GIL."""
-    import subprocess
-    import sys
-    done = subprocess.run([sys.executable, "-c", LOAD_CLIENT], input=json.dumps(plan), capture_output=True,
-                          text=True, timeout=timeout)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"the load-test process failed: {last}")
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    for result in results:
+    """`run_load_plan(plan)` in a Python process of its own, so that the clients do not share the server's GIL."""
+    results = call_elsewhere("course.ch08_deployment:run_load_plan", plan, timeout)
+    for result in results:                  # JSON keys are strings: the request numbers come back as ints
         result["answers"] = {int(number): answer for number, answer in result["answers"].items()}
     return results
 
@@ -604,3 +553,40 @@ def answers_match(result: dict[str, Any], texts: Sequence[str], expected: np.nda
                 max(abs(scored[label] - float(p)) for label, p in zip(LABELS, probs)) > tolerance:
             return False
     return True
+
+
+__all__ = [  # this chapter's own names (tools/export.py lists them)
+    'SOURCES',
+    'CARD_FORMAT',
+    'source_folder',
+    'test_loader',
+    'measure',
+    'card_facts',
+    'model_card',
+    'model_folder',
+    'Runner',
+    'torch_runner',
+    'softmax',
+    'probabilities',
+    'folder_probabilities',
+    'LogitsOnly',
+    'export_onnx',
+    'quantise_onnx',
+    'onnx_runner',
+    'onnx_files',
+    'latency_ms',
+    'compare_runtimes',
+    'JSON_TYPES',
+    'BadRequest',
+    'read_texts',
+    'pipeline_rows',
+    'MicroBatcher',
+    'Predictor',
+    'load_predictor',
+    'create_app',
+    'app',
+    'load_test',
+    'run_load_plan',
+    'load_test_elsewhere',
+    'answers_match',
+]

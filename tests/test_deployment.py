@@ -12,9 +12,10 @@ from transformers import BertConfig, BertModel
 from course import ch08_deployment as ch08
 from course.ch04_pretraining import train_wordpiece
 from course.ch05_fine_tuning import LABELS, SentenceClassifier, save_classifier
-from course.ch08_deployment import (BackgroundServer, BadRequest, MicroBatcher, Predictor, answers_match,
+from course.ch08_deployment import (BadRequest, MicroBatcher, Predictor, answers_match,
                                     create_app, export_onnx, load_predictor, load_test, load_test_elsewhere, model_card, onnx_runner,
                                     pipeline_rows, probabilities, quantise_onnx, read_texts, torch_runner)
+from utils.serving import BackgroundServer, call_elsewhere, free_port
 from utils.data import load_corpus
 
 TEXTS = ["a good film", "the acting was dull and slow , and long", "fine", "not bad at all , really quite good"]
@@ -198,3 +199,12 @@ def test_load_test_in_a_process_of_its_own(predictor):
         [result] = load_test_elsewhere(plan)
     assert result["label"] == "x" and result["requests"] == 6 and sorted(result["answers"]) == list(range(6))
     assert answers_match(result, TEXTS, predictor(TEXTS))
+
+
+def test_a_function_called_in_its_own_process_returns_its_json_or_one_line():
+    assert call_elsewhere("json:loads", '{"a": [1, 2]}') == {"a": [1, 2]}
+    with pytest.raises(RuntimeError, match=r"json:loads failed in its own process: .*JSONDecodeError"):
+        call_elsewhere("json:loads", "not json")
+    with pytest.raises(ValueError, match="package.module:function"):
+        call_elsewhere("json.loads", "{}")
+    assert isinstance(free_port(), int)

@@ -22,13 +22,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from utils.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -54,12 +55,6 @@ def install_browser() -> str | None:
         if subprocess.run(install, env=env, capture_output=True).returncode != 0:
             return None
     return find_browser()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_lab(home: Path, port: int, token: str) -> subprocess.Popen:

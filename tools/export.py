@@ -100,6 +100,23 @@ def check_names(notebook: Path, cells: list[tuple[int, str]]) -> None:
                                   "defined only in a cell without '#| export'; export that cell, or import it")
 
 
+def lesson_names(cells: list[tuple[int, str]]) -> list[str]:
+    """The chapter's own public names, in the order written: its top-level functions, classes and constants
+    (not what it imports, not names starting with an underscore). They become the module's `__all__`."""
+    names: list[str] = []
+    for _, body in cells:
+        for node in ast.parse(body).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                found = []
+            names += [name for name in found if not name.startswith("_") and name not in names]
+    return names
+
+
 def module_text(notebook: Path) -> str | None:
     """The generated module's text, or None when the notebook exports nothing."""
     notebook_cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
@@ -110,7 +127,9 @@ def module_text(notebook: Path) -> str | None:
     title = "".join(notebook_cells[0]["source"])
     title = title.splitlines()[0].lstrip("# ").strip() if title else notebook.stem
     header = HEADER.format(notebook=notebook.name, title=title.replace('"""', "'''"))
-    return header + "".join(f"\n\n{body}\n" for _, body in cells)
+    names = "".join(f"\n    {name!r}," for name in lesson_names(cells))
+    return (header + "".join(f"\n\n{body}\n" for _, body in cells)
+            + f"\n\n__all__ = [  # this chapter's own names (tools/export.py lists them)\n{names.lstrip(chr(10))}\n]\n")
 
 
 def chapter_notebooks() -> list[Path]:
