@@ -25,7 +25,7 @@ import utils
 from course.ch03_model_anatomy import count_parameters
 from course.ch05_fine_tuning import batches, load_classifier, prepare, teacher
 from course.ch07_distillation import (every_other_layer, file_bytes, head_importance, heads_to_remove,
-                                      int8_kernel, int8_state, latency_ms, magnitude_prune,
+                                      int8_kernel, int8_state, forward_latency_ms, magnitude_prune,
                                       prune_heads, student, throughput)
 from utils.data import load_sentiment
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':34s} {'params (M)':>10s} {'file (MB)':>10s} {'1 sentence (ms)':>16s} {'batch 64 (sent/s)':>18s}")
     for name, model, tokenizer, state, parameters in models:
         print(f"{name:34s} {parameters / 1e6:10.2f} {file_bytes(state) / 1e6:10.1f} "
-              f"{latency_ms(model, tokenizer, sentence, args.repeats):16.2f} {throughput(model, tokenizer, texts):18.0f}",
+              f"{forward_latency_ms(model, tokenizer, sentence, args.repeats):16.2f} {throughput(model, tokenizer, texts):18.0f}",
               flush=True)
     return 0
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-
+from dataclasses import asdict
 
 import utils
 from course.ch05_fine_tuning import prepare
-from course.ch07_distillation import (ARMS, chosen_rates, distill_settings, load_sweep, sweep, transfer_set,
-                                      write_sweep)
+from course.ch07_distillation import ARMS, DISTILL_SWEEP, distill_settings, inputs_identity, sweep, transfer_set
 from utils.data import load_sentiment
-from utils.sweeps import sweep_arguments, sweep_command
+from utils.sweeps import make_sweep, sweep_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or utils.preset()
     settings = distill_settings(preset)
     data = load_sentiment()
-    mini, minilm = prepare(data, "random"), prepare(data, "MiniLM")
+    wordpiece, minilm = prepare(data, "random"), prepare(data, "MiniLM")
     started = time.perf_counter()
     transfer = transfer_set(data, settings)
     print(f"{utils.describe()} · preset {preset} · {settings.steps} steps of {settings.batch_size} · transfer set "
@@ -39,13 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     def show(row):
         print(f"{row['arm']:36s} lr {row['lr']:<7g} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
-    earlier = load_sweep(preset, settings, data, any_rates=True) if args.reuse else {"rows": [], "seconds": 0}
-    rows = sweep(settings, mini, minilm, transfer, ARMS, on_row=show, reuse=earlier["rows"])
-    seconds = time.perf_counter() - started + earlier["seconds"]
-    command = sweep_command("bench.distill_sweep", args)
-    path = write_sweep(rows, settings, data, preset, seconds, command)
-    print("chosen on validation:", chosen_rates(rows))
-    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")
+    make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs_identity(data), by="arm",
+               sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier))
     return 0
 
 

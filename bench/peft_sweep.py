@@ -12,15 +12,13 @@ code is chapter 06's own (course/ch06_peft.py, exported from the notebook).
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
-
+from dataclasses import asdict
 
 import utils
 from course.ch05_fine_tuning import prepare
-from course.ch06_peft import chosen_rates, load_sweep, peft_settings, sweep, write_sweep
+from course.ch06_peft import PEFT_SWEEP, inputs_identity, peft_settings, sweep
 from utils.data import load_sentiment
-from utils.sweeps import sweep_arguments, sweep_command
+from utils.sweeps import make_sweep, sweep_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         lr = "—" if row["lr"] is None else f"{row['lr']:g}"
         print(f"{row['method']:14s} lr {lr:>7s} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
-    earlier = load_sweep(preset, settings, data, any_rates=True) if args.reuse else {"rows": [], "seconds": 0}
-    started = time.perf_counter()
-    rows = sweep(prepared, settings, on_row=show, reuse=earlier["rows"], progress=False)
-    seconds = time.perf_counter() - started + earlier["seconds"]
-    command = sweep_command("bench.peft_sweep", args)
-    path = write_sweep(rows, settings, data, preset, seconds, command)
-    print("chosen on validation:", chosen_rates(rows))
-    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])} in {seconds / 60:.1f} min")
+    make_sweep(PEFT_SWEEP, preset, args, settings=asdict(settings), inputs=inputs_identity(data), by="method",
+               sweep=lambda earlier: sweep(prepared, settings, on_row=show, reuse=earlier, progress=False))
     return 0
 
 

@@ -16,7 +16,6 @@ Writes bench/results/pretraining_recipes_<preset>.json.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZ
                                      recipes_settings, run_arm, scaling_identity, scores, subset)
 from utils.data import load_corpus, load_sentiment
 from bench.pretraining_scaling import masked_accuracy, protocol
-from utils.sweeps import sweep_arguments, sweep_command
+from utils.sweeps import make_sweep, sweep_arguments
 
 
 def at_mask(folder: Path, tokenizer, lines: list[str], recipe, train_blocks: torch.Tensor) -> dict[str, float]:
@@ -67,51 +66,50 @@ def labelled(variant: str, lever: str, masked: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sweep_arguments(__doc__.splitlines()[0], argv)
-    if args.reuse:
-        raise SystemExit("--reuse is not supported here: the pretrained models are cached already, run it again")
+    args = sweep_arguments(__doc__.splitlines()[0], argv, reuse=False)   # its pretrained models are cached already
     preset = args.preset or utils.preset()
     recipe, experiment = settings_for(preset), experiment_for(preset)
     data = load_sentiment()
     texts = {"WikiText-2 test": load_corpus("test"), "sentiment validation": list(data["validation"]["text"])}
     print(f"{utils.describe()} · preset {preset}", flush=True)
-    rows, scored, started = [], {}, time.perf_counter()
-    rates = dict(experiment.learning_rates)
-    random_done: set[tuple] = set()                  # random weights depend only on the tokenizer
-    for name, changes in RECIPE_VARIANTS:
-        variant = replace(recipe, **changes)
-        folder = pretrained_mini_bert(variant)
-        prepared = prepare(data, "mini-bert", mini_bert=folder)
-        blocks = pack_blocks(corpus(variant), prepared.tokenizer, variant.block_size)     # once per variant
-        masked = {text: at_mask(folder, prepared.tokenizer, lines, recipe, blocks) for text, lines in texts.items()}
-        scored[name] = (folder, prepared, masked)
-        print(f"{name}: " + ", ".join(f"[MASK] {text} {100 * m['accuracy']:.1f}% (unigram {100 * m['unigram']:.1f}%)"
-                                      for text, m in masked.items()), flush=True)
-        label = labelled(name, "chapter 05's protocol", masked)
 
-        def runner(arm, size, seed, lr, folder=folder, prepared=prepared):
-            return run_arm(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
-        tokenizer_key = (variant.wikitext, variant.in_domain, variant.vocab_size, variant.block_size)
-        arms = ["mini-bert"] + (["random"] if tokenizer_key not in random_done else [])
-        random_done.add(tokenizer_key)
-        for arm in arms:
-            rows += protocol({**label, "arm": arm}, SCALING_SIZES, rates[arm], experiment.seeds,
-                             lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
-    best = max(scored, key=lambda name: scored[name][2]["sentiment validation"]["accuracy"])
-    folder, prepared, masked = scored[best]
-    print(f"fine-tuning levers on {best!r}", flush=True)
-    for lever, spec in RECIPE_LEVERS:
-        label = labelled(best, lever, masked)
+    def runs(earlier: list[dict]) -> list[dict]:
+        rows, scored = [], {}
+        rates = dict(experiment.learning_rates)
+        random_done: set[tuple] = set()                  # random weights depend only on the tokenizer
+        for name, changes in RECIPE_VARIANTS:
+            variant = replace(recipe, **changes)
+            folder = pretrained_mini_bert(variant)
+            prepared = prepare(data, "mini-bert", mini_bert=folder)
+            blocks = pack_blocks(corpus(variant), prepared.tokenizer, variant.block_size)     # once per variant
+            masked = {text: at_mask(folder, prepared.tokenizer, lines, recipe, blocks) for text, lines in texts.items()}
+            scored[name] = (folder, prepared, masked)
+            print(f"{name}: " + ", ".join(f"[MASK] {text} {100 * m['accuracy']:.1f}% (unigram {100 * m['unigram']:.1f}%)"
+                                          for text, m in masked.items()), flush=True)
+            label = labelled(name, "chapter 05's protocol", masked)
 
-        def runner(arm, size, seed, lr, spec=spec, folder=folder, prepared=prepared):
-            settings = replace(experiment.budget(size, seed, lr), steps=spec.get("steps", experiment.small.steps))
-            return lever_run(arm, prepared, size, settings, folder, spec.get("body_scale", 1.0))
-        for arm in ("mini-bert", "random"):
-            rows += protocol({**label, "arm": arm}, SCALING_SIZES, spec["rates"], experiment.seeds,
-                             lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
-    path = RECIPES.write(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset), rows=rows,
-                         seconds=time.perf_counter() - started, command=sweep_command("bench.pretraining_recipes", args))
-    print(f"wrote {path}")
+            def runner(arm, size, seed, lr, folder=folder, prepared=prepared):
+                return run_arm(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
+            tokenizer_key = (variant.wikitext, variant.in_domain, variant.vocab_size, variant.block_size)
+            arms = ["mini-bert"] + (["random"] if tokenizer_key not in random_done else [])
+            random_done.add(tokenizer_key)
+            for arm in arms:
+                rows += protocol({**label, "arm": arm}, SCALING_SIZES, rates[arm], experiment.seeds,
+                                 lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
+        best = max(scored, key=lambda name: scored[name][2]["sentiment validation"]["accuracy"])
+        folder, prepared, masked = scored[best]
+        print(f"fine-tuning levers on {best!r}", flush=True)
+        for lever, spec in RECIPE_LEVERS:
+            label = labelled(best, lever, masked)
+
+            def runner(arm, size, seed, lr, spec=spec, folder=folder, prepared=prepared):
+                settings = replace(experiment.budget(size, seed, lr), steps=spec.get("steps", experiment.small.steps))
+                return lever_run(arm, prepared, size, settings, folder, spec.get("body_scale", 1.0))
+            for arm in ("mini-bert", "random"):
+                rows += protocol({**label, "arm": arm}, SCALING_SIZES, spec["rates"], experiment.seeds,
+                                 lambda size, seed, lr, arm=arm, runner=runner: runner(arm, size, seed, lr), f"{arm:9s} ")
+        return rows
+    make_sweep(RECIPES, preset, args, settings=recipes_settings(preset), inputs=scaling_identity(data, preset), sweep=runs)
     return 0
 
 

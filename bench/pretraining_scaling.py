@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from course.ch05_fine_tuning import (SCALING, SCALING_MULTIPLES, SCALING_SIZES, 
                                      scaling_identity, scaling_settings)
 from utils.data import load_corpus, load_sentiment
 from utils.models import build_on_meta
-from utils.sweeps import sweep_arguments, sweep_command, tune_then_repeat
+from utils.sweeps import make_sweep, sweep_arguments, tune_then_repeat
 
 
 def masked_accuracy(folder: Path | None, reference: Path, seed: int, inputs: torch.Tensor, labels: torch.Tensor,
@@ -79,9 +78,7 @@ def protocol(label: dict, sizes, rates, seeds, runner, show: str = "") -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sweep_arguments(__doc__.splitlines()[0], argv)
-    if args.reuse:
-        raise SystemExit("--reuse is not supported here: the pretrained models are cached already, run it again")
+    args = sweep_arguments(__doc__.splitlines()[0], argv, reuse=False)   # its pretrained models are cached already
     preset = args.preset or utils.preset()
     recipe, experiment = settings_for(preset), experiment_for(preset)
     data = load_sentiment()
@@ -94,21 +91,22 @@ def main(argv: list[str] | None = None) -> int:
                                 torch.where(at_mask, labels, -100), len(tokenizer), tokenizer.all_special_ids)["accuracy"]
     n = non_embedding_parameters(reference)
     print(f"{utils.describe()} · preset {preset} · {n:,} parameters outside the embeddings", flush=True)
-    rows, started = [], time.perf_counter()
-    for multiple in SCALING_MULTIPLES:
-        steps = round(multiple * recipe.steps)
-        folder = None if steps == 0 else pretrained_mini_bert(replace(recipe, steps=steps))
-        tokens = steps * recipe.batch_size * recipe.block_size
-        budget = {"pretraining steps": steps, "tokens": tokens, "flops": 6 * n * tokens,
-                  "masked accuracy at [MASK]": masked_accuracy(folder, reference, recipe.seed, inputs, labels, at_mask),
-                  "unigram at [MASK]": baseline}
-        print(f"{steps:6d} steps ({tokens / 1e6:.1f} M tokens): masked accuracy at [MASK] "
-              f"{100 * budget['masked accuracy at [MASK]']:.1f}% (unigram {100 * baseline:.1f}%)", flush=True)
-        rows += fine_tune_rows("random" if steps == 0 else "mini-bert", folder or reference, prepared, experiment,
-                               budget)
-    path = SCALING.write(preset, settings=scaling_settings(preset), inputs=scaling_identity(data, preset), rows=rows,
-                         seconds=time.perf_counter() - started, command=sweep_command("bench.pretraining_scaling", args))
-    print(f"wrote {path}")
+
+    def runs(earlier: list[dict]) -> list[dict]:
+        rows = []
+        for multiple in SCALING_MULTIPLES:
+            steps = round(multiple * recipe.steps)
+            folder = None if steps == 0 else pretrained_mini_bert(replace(recipe, steps=steps))
+            tokens = steps * recipe.batch_size * recipe.block_size
+            budget = {"pretraining steps": steps, "tokens": tokens, "flops": 6 * n * tokens,
+                      "masked accuracy at [MASK]": masked_accuracy(folder, reference, recipe.seed, inputs, labels, at_mask),
+                      "unigram at [MASK]": baseline}
+            print(f"{steps:6d} steps ({tokens / 1e6:.1f} M tokens): masked accuracy at [MASK] "
+                  f"{100 * budget['masked accuracy at [MASK]']:.1f}% (unigram {100 * baseline:.1f}%)", flush=True)
+            rows += fine_tune_rows("random" if steps == 0 else "mini-bert", folder or reference, prepared, experiment,
+                                   budget)
+        return rows
+    make_sweep(SCALING, preset, args, settings=scaling_settings(preset), inputs=scaling_identity(data, preset), sweep=runs)
     return 0
 
 

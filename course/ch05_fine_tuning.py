@@ -447,9 +447,11 @@ def scaling_identity(data, preset: str) -> dict[str, str]:
     return made_from(sentiment=sentiment_rows(data), **text_identity(settings_for(preset)))
 
 
-def load_scaling(preset: str, data) -> dict[str, Any]:
-    """bench/pretraining_scaling.py's committed table for `preset`, refused if made with other settings or data."""
-    return SCALING.read(preset, settings=scaling_settings(preset), inputs=scaling_identity(data, preset))
+def load_scaling(preset: str, data, missing_ok: bool = False) -> dict[str, Any] | None:
+    """bench/pretraining_scaling.py's committed table for `preset`, refused if made with other settings or data;
+    missing_ok: None if none is committed for this preset."""
+    return SCALING.read(preset, settings=scaling_settings(preset), inputs=scaling_identity(data, preset),
+                        missing_ok=missing_ok)
 
 
 RECIPE_VARIANTS = (      # chapter 04's CPU recipe with these settings changed, at its budget (bench/pretraining_recipes.py)
@@ -473,9 +475,11 @@ def recipes_settings(preset: str) -> dict[str, Any]:
             "variants": RECIPE_VARIANTS, "levers": RECIPE_LEVERS}
 
 
-def load_recipes(preset: str, data) -> dict[str, Any]:
-    """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data."""
-    return RECIPES.read(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset))
+def load_recipes(preset: str, data, missing_ok: bool = False) -> dict[str, Any] | None:
+    """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data;
+    missing_ok: None if none is committed for this preset."""
+    return RECIPES.read(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset),
+                        missing_ok=missing_ok)
 
 
 def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.ndarray, k: int = 8) -> list[dict]:
@@ -553,25 +557,33 @@ def teacher_settings(preset: str | None = None) -> FinetuneSettings:
     return replace(experiment_for(preset).full, lr=TEACHER_LR, seed=0)
 
 
-def teacher(settings: FinetuneSettings | None = None, *, result: dict[str, Any] | None = None,
-            rebuild: bool = False, **train_options: Any) -> Path:
+def teacher(settings: FinetuneSettings | None = None, *, rebuild: bool = False, **train_options: Any) -> Path:
     """The folder of the fine-tuned all-MiniLM-L6-v2 ("teacher"); `load_classifier` opens it. A cached
     teacher made with the same recipe from the same data and encoder is used as it is (its classifier.json
     says how it was trained); if there is none, it is trained now with `settings` (default: this chapter's
-    full-data recipe). result: a `run_arm(..., keep_model=True)` row to store instead (this chapter stores its
-    own run)."""
+    full-data recipe)."""
     settings = settings or teacher_settings()
 
     def build(folder: Path) -> None:
-        row = result
-        if row is None:
-            row = run_arm("MiniLM", prepare(load_sentiment(), "MiniLM", settings.max_length), None, settings,
+        row = run_arm("MiniLM", prepare(load_sentiment(), "MiniLM", settings.max_length), None, settings,
                       keep_model=True, **{"progress": True, "desc": "fine-tuning the teacher", **train_options})
-        used = {k: row[k] for k in ("lr", "seed", "steps", "batch")}
-        save_classifier(row["model"], load_tokenizer("MiniLM"), folder,
-                        {"settings": {**asdict(settings), **used}, "test accuracy": row["test accuracy"],
-                         "validation accuracy": row["validation accuracy"]})
-    return get_or_build("teacher", build, version=teacher_identity(settings), rebuild=rebuild or result is not None)
+        save_teacher(row, settings, folder)
+    return get_or_build("teacher", build, version=teacher_identity(settings), rebuild=rebuild)
+
+
+def store_teacher(row: dict[str, Any], settings: FinetuneSettings | None = None) -> Path:
+    """Store a `run_arm(..., keep_model=True)` row made with `settings` as the cached teacher (this chapter
+    stores its own run): `teacher()` returns it from then on."""
+    settings = settings or teacher_settings()
+    return get_or_build("teacher", lambda folder: save_teacher(row, settings, folder),
+                        version=teacher_identity(settings), rebuild=True)
+
+
+def save_teacher(row: dict[str, Any], settings: FinetuneSettings, folder: Path) -> None:
+    used = {k: row[k] for k in ("lr", "seed", "steps", "batch")}
+    save_classifier(row["model"], load_tokenizer("MiniLM"), folder,
+                    {"settings": {**asdict(settings), **used}, "test accuracy": row["test accuracy"],
+                     "validation accuracy": row["validation accuracy"]})
 
 
 def teacher_identity(settings: FinetuneSettings | None = None) -> dict[str, Any]:
@@ -582,56 +594,13 @@ def teacher_identity(settings: FinetuneSettings | None = None) -> dict[str, Any]
                      sentiment=sentiment_rows(load_sentiment()), encoder=model_identity())
 
 
-__all__ = [  # this chapter's own names (tools/export.py lists them)
-    'MAX_LENGTH',
-    'FinetuneSettings',
-    'ExperimentSettings',
-    'EXPERIMENT',
-    'experiment_for',
-    'LABELS',
-    'ARMS',
-    'mini_bert_folder',
-    'load_tokenizer',
-    'tokenize',
-    'LengthGroupedSampler',
-    'batches',
-    'padding_share',
-    'Prepared',
-    'prepare',
-    'SentenceClassifier',
-    'sentence_vectors',
-    'forward',
-    'new_classifier',
-    'predict_proba',
-    'scores',
-    'accuracy',
-    'fine_tune',
-    'subset_indices',
-    'subset',
-    'run_arm',
-    'summarise',
-    'features',
-    'linear_probe',
-    'nearest_words',
-    'SCALING_MULTIPLES',
-    'SCALING_SIZES',
-    'SCALING',
-    'RECIPES',
-    'scaling_settings',
-    'scaling_identity',
-    'load_scaling',
-    'RECIPE_VARIANTS',
-    'RECIPE_LEVERS',
-    'recipes_settings',
-    'load_recipes',
-    'confident_mistakes',
-    'predict',
-    'NEUTRAL_CONFIDENCE',
-    'behaviour_table',
-    'save_classifier',
-    'load_classifier',
-    'TEACHER_LR',
-    'teacher_settings',
-    'teacher',
-    'teacher_identity',
+__all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
+    'MAX_LENGTH', 'FinetuneSettings', 'ExperimentSettings', 'EXPERIMENT', 'experiment_for', 'LABELS', 'ARMS',
+    'mini_bert_folder', 'load_tokenizer', 'tokenize', 'LengthGroupedSampler', 'batches', 'padding_share',
+    'Prepared', 'prepare', 'SentenceClassifier', 'sentence_vectors', 'forward', 'new_classifier', 'predict_proba',
+    'scores', 'accuracy', 'fine_tune', 'subset_indices', 'subset', 'run_arm', 'summarise', 'features',
+    'linear_probe', 'nearest_words', 'SCALING_MULTIPLES', 'SCALING_SIZES', 'SCALING', 'RECIPES', 'scaling_settings',
+    'scaling_identity', 'load_scaling', 'RECIPE_VARIANTS', 'RECIPE_LEVERS', 'recipes_settings', 'load_recipes',
+    'confident_mistakes', 'predict', 'NEUTRAL_CONFIDENCE', 'behaviour_table', 'save_classifier', 'load_classifier',
+    'TEACHER_LR', 'teacher_settings', 'teacher', 'store_teacher', 'save_teacher', 'teacher_identity',
 ]

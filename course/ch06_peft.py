@@ -284,12 +284,6 @@ def inputs_identity(data) -> dict[str, str]:
     return utils.made_from(sentiment=sentiment_rows(data), model=model_identity())
 
 
-def write_sweep(rows: list[dict[str, Any]], settings: PeftSettings, data, preset: str, seconds: float,
-                command: str) -> Path:
-    return PEFT_SWEEP.write(preset, settings=asdict(settings), inputs=inputs_identity(data), rows=rows,
-                            seconds=seconds, command=command)
-
-
 def load_sweep(preset: str, settings: PeftSettings, data, any_rates: bool = False) -> dict[str, Any]:
     """The committed sweep for `preset`, refused if it was made with other settings (other learning rates
     too, unless any_rates), another sentiment set or another model."""
@@ -380,41 +374,10 @@ def train_ratings(ratings, tokenizer, settings: PeftSettings, lr: float, seed: i
     return model
 
 
-__all__ = [  # this chapter's own names (tools/export.py lists them)
-    'PeftSettings',
-    'PEFT',
-    'peft_settings',
-    'freeze_all_but_head',
-    'count_trainable',
-    'head_only',
-    'top_layers',
-    'bitfit',
-    'Adapter',
-    'WithAdapter',
-    'adapters',
-    'PromptTuned',
-    'prompt_tuning',
-    'lora',
-    'full',
-    'METHODS',
-    'build',
-    'trainable_formula',
-    'trainable_by_part',
-    'training_sentences',
-    'probe',
-    'run_method',
-    'TRAINED',
-    'PEFT_SWEEP',
-    'sweep',
-    'inputs_identity',
-    'write_sweep',
-    'load_sweep',
-    'trainable_state',
-    'save_trainable',
-    'load_trainable',
-    'lora_update_norms',
-    'RatingRegressor',
-    'rating_splits',
-    'predict_ratings',
-    'train_ratings',
+__all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
+    'PeftSettings', 'PEFT', 'peft_settings', 'freeze_all_but_head', 'count_trainable', 'head_only', 'top_layers',
+    'bitfit', 'Adapter', 'WithAdapter', 'adapters', 'PromptTuned', 'prompt_tuning', 'lora', 'full', 'METHODS',
+    'build', 'trainable_formula', 'trainable_by_part', 'training_sentences', 'probe', 'run_method', 'TRAINED',
+    'PEFT_SWEEP', 'sweep', 'inputs_identity', 'load_sweep', 'trainable_state', 'save_trainable', 'load_trainable',
+    'lora_update_norms', 'RatingRegressor', 'rating_splits', 'predict_ratings', 'train_ratings',
 ]

@@ -307,14 +307,15 @@ def best_student_arm(rows: Sequence[dict[str, Any]], arms: Sequence[str] = tuple
     return max(means, key=means.get)
 
 
-def sweep(settings: DistillSettings, mini: Prepared, minilm: Prepared, transfer: Transfer, arms: Sequence[str] = ARMS,
-          on_row=lambda row: None, reuse: Sequence[dict[str, Any]] = (), **train_options: Any) -> list[dict[str, Any]]:
+def sweep(settings: DistillSettings, wordpiece: Prepared, minilm: Prepared, transfer: Transfer,
+          arms: Sequence[str] = ARMS, on_row=lambda row: None, reuse: Sequence[dict[str, Any]] = (),
+          **train_options: Any) -> list[dict[str, Any]]:
     """Chapter 05's protocol (utils.sweeps.tune_then_repeat) for every arm: each of its rates with the first
     noise seed, the other noise seeds at the rate best on validation. reuse: rows of an earlier sweep with the
     same settings apart from the rates (`load_sweep(..., any_rates=True)`), taken as they are instead of
     training again."""
     earlier = {(row["arm"], row["lr"], row["seed"]): row for row in reuse}
-    parts = {"mini": student_parts(transfer, mini.tokenizer, settings.max_length),
+    parts = {"wordpiece": student_parts(transfer, wordpiece.tokenizer, settings.max_length),
              "MiniLM": student_parts(transfer, minilm.tokenizer, settings.max_length)}
 
     def record(arm: str, lr: float, seed: int) -> dict[str, Any]:
@@ -323,7 +324,7 @@ def sweep(settings: DistillSettings, mini: Prepared, minilm: Prepared, transfer:
         elif arm == "DistilBERT-style":
             row = run_distilbert(parts["MiniLM"], minilm, settings, lr, seed, **train_options)
         else:
-            row = run_student(arm, parts["mini"], mini, settings, lr, seed, **train_options)
+            row = run_student(arm, parts["wordpiece"], wordpiece, settings, lr, seed, **train_options)
         on_row(row)
         return row
     rows: list[dict[str, Any]] = []
@@ -343,12 +344,6 @@ def inputs_identity(data, teacher_folder: str | Path | None = None) -> dict[str,
     return utils.made_from(sentiment=sentiment_rows(data),
                            teacher=Path(teacher_folder) if teacher_folder is not None else teacher_identity(),
                            mini_bert=mini_bert_identity())
-
-
-def write_sweep(rows: list[dict[str, Any]], settings: DistillSettings, data, preset: str, seconds: float,
-                command: str) -> Path:
-    return DISTILL_SWEEP.write(preset, settings=asdict(settings), inputs=inputs_identity(data), rows=rows,
-                               seconds=seconds, command=command)
 
 
 def load_sweep(preset: str, settings: DistillSettings, data, any_rates: bool = False) -> dict[str, Any]:
@@ -444,7 +439,7 @@ def file_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, tokenizer, text: str, repeats: int = 20) -> float:
+def forward_latency_ms(model: nn.Module, tokenizer, text: str, repeats: int = 20) -> float:
     """Median milliseconds of one forward pass on one sentence (tokenisation excluded), after 3 warm-up calls."""
     encoded = tokenizer([text], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
@@ -540,79 +535,53 @@ def int8_kernel(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
-def student(settings: DistillSettings | None = None, *, result: dict[str, Any] | None = None, rebuild: bool = False,
-            **train_options: Any) -> Path:
+def student(settings: DistillSettings | None = None, *, rebuild: bool = False, **train_options: Any) -> Path:
     """The folder of this chapter's best student, in chapter 05's `save_classifier` format (`load_classifier`
     opens it; chapter 05's `predict` uses it). If none is cached for these settings, data, teacher and
-    mini-BERT, it is trained now: the sweep's best student at its chosen rate, seed 0.
-    result: a `run_student(..., keep_model=True)` row to store instead (this chapter stores its own)."""
-    from course.ch05_fine_tuning import load_tokenizer
+    mini-BERT, it is trained now: the sweep's best student at its chosen rate, seed 0."""
     preset = device_preset()
     settings = settings or distill_settings(preset)
     data = load_sentiment()
-    identity = inputs_identity(data)
 
     def build(folder: Path) -> None:
-        row = result
-        if row is None:
-            record = load_sweep(preset, settings, data)
-            arm = best_student_arm(record["rows"], TRAINED_HERE[preset])
-            mini = prepare(data, "random")
-            parts = student_parts(transfer_set(data, settings), mini.tokenizer, settings.max_length)
-            row = run_student(arm, parts, mini, settings, chosen_rates(record["rows"], by="arm")[arm], 0, keep_model=True,
-                              **{"progress": True, "desc": f"training the student ({arm})", **train_options})
-        save_classifier(row["model"], load_tokenizer("random"), folder,
-                        {"arm": row["arm"], "lr": row["lr"], "seed": row["seed"], "settings": asdict(settings),
-                         "inputs": identity, "test accuracy": row["test accuracy"],
-                         "validation accuracy": row["validation accuracy"]})
-    version = utils.made_from("the race's best student (chapter 07)", settings, race=identity)
-    return utils.get_or_build("student", build, version=version, rebuild=rebuild or result is not None)
+        record = load_sweep(preset, settings, data)
+        arm = best_student_arm(record["rows"], TRAINED_HERE[preset])
+        wordpiece = prepare(data, "random")
+        parts = student_parts(transfer_set(data, settings), wordpiece.tokenizer, settings.max_length)
+        row = run_student(arm, parts, wordpiece, settings, chosen_rates(record["rows"], by="arm")[arm], 0,
+                          keep_model=True, **{"progress": True, "desc": f"training the student ({arm})", **train_options})
+        save_student(row, settings, data, folder)
+    return utils.get_or_build("student", build, version=student_identity(settings, data), rebuild=rebuild)
 
 
-__all__ = [  # this chapter's own names (tools/export.py lists them)
-    'DistillSettings',
-    'DISTILL',
-    'distill_settings',
-    'logits_of',
-    'soft_targets',
-    'distillation_loss',
-    'word_kinds',
-    'augment',
-    'augmented_sentences',
-    'teacher_logits',
-    'Transfer',
-    'transfer_set',
-    'Distilled',
-    'STUDENTS',
-    'TRAINED_HERE',
-    'student_parts',
-    'transfer_batches',
-    'distil',
-    'run_student',
-    'race_row',
-    'every_other_layer',
-    'run_distilbert',
-    'ARMS',
-    'best_student_arm',
-    'sweep',
-    'DISTILL_SWEEP',
-    'inputs_identity',
-    'write_sweep',
-    'load_sweep',
-    'head_importance',
-    'heads_to_remove',
-    'prune_heads',
-    'heads_left',
-    'file_bytes',
-    'latency_ms',
-    'throughput',
-    'magnitude_prune',
-    'zero_share',
-    'quantise_rows',
-    'dequantise',
-    'fake_quantise',
-    'int8_state',
-    'linear_bytes',
-    'int8_kernel',
-    'student',
+def store_student(row: dict[str, Any], settings: DistillSettings | None = None) -> Path:
+    """Store a `run_student(..., keep_model=True)` row made with `settings` as the cached student (this chapter
+    stores its own): `student()` returns it from then on."""
+    settings = settings or distill_settings(device_preset())
+    data = load_sentiment()
+    return utils.get_or_build("student", lambda folder: save_student(row, settings, data, folder),
+                              version=student_identity(settings, data), rebuild=True)
+
+
+def student_identity(settings: DistillSettings, data) -> dict[str, Any]:
+    return utils.made_from("the race's best student (chapter 07)", settings, race=inputs_identity(data))
+
+
+def save_student(row: dict[str, Any], settings: DistillSettings, data, folder: Path) -> None:
+    from course.ch05_fine_tuning import load_tokenizer
+    save_classifier(row["model"], load_tokenizer("random"), folder,
+                    {"arm": row["arm"], "lr": row["lr"], "seed": row["seed"], "settings": asdict(settings),
+                     "inputs": inputs_identity(data), "test accuracy": row["test accuracy"],
+                     "validation accuracy": row["validation accuracy"]})
+
+
+__all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
+    'DistillSettings', 'DISTILL', 'distill_settings', 'logits_of', 'soft_targets', 'distillation_loss',
+    'word_kinds', 'augment', 'augmented_sentences', 'teacher_logits', 'Transfer', 'transfer_set', 'Distilled',
+    'STUDENTS', 'TRAINED_HERE', 'student_parts', 'transfer_batches', 'distil', 'run_student', 'race_row',
+    'every_other_layer', 'run_distilbert', 'ARMS', 'best_student_arm', 'sweep', 'DISTILL_SWEEP', 'inputs_identity',
+    'load_sweep', 'head_importance', 'heads_to_remove', 'prune_heads', 'heads_left', 'file_bytes',
+    'forward_latency_ms', 'throughput', 'magnitude_prune', 'zero_share', 'quantise_rows', 'dequantise',
+    'fake_quantise', 'int8_state', 'linear_bytes', 'int8_kernel', 'student', 'store_student', 'student_identity',
+    'save_student',
 ]

@@ -29,7 +29,7 @@ from utils.data import load_sentiment, sources
 from utils.serving import call_elsewhere
 
 
-SOURCES = {"student": ("07", student, "a mini-BERT (chapter 04's architecture and tokenizer) distilled from the "
+SERVABLE_MODELS = {"student": ("07", student, "a mini-BERT (chapter 04's architecture and tokenizer) distilled from the "
                                       "teacher on an augmented transfer set (chapter 07)"),
            "teacher": ("05", teacher, "all-MiniLM-L6-v2 with a mean-pooling head, fine-tuned on the training "
                                       "sentences (chapter 05)")}
@@ -38,9 +38,9 @@ CARD_FORMAT = "1"
 
 def source_folder(name: str) -> Path:
     """The chapter artifact behind a served model: "student" (chapter 07) or "teacher" (chapter 05)."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(SOURCES)} (or give a model folder)")
-    return SOURCES[name][1]()
+    if name not in SERVABLE_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(SERVABLE_MODELS)} (or give a model folder)")
+    return SERVABLE_MODELS[name][1]()
 
 
 def test_loader(tokenizer, data=None, max_length: int = MAX_LENGTH, batch_size: int = 128):
@@ -68,7 +68,7 @@ def card_facts(name: str, folder: Path, model: nn.Module, measured: dict[str, An
     licences = {"sentences": sources()["rt-sentences"]["licence"]}
     if name == "teacher":
         licences["pretrained weights"] = sources()["all-MiniLM-L6-v2"]["licence"]
-    chapter, _, description = SOURCES.get(name, ("?", None, "a classifier saved with chapter 05's save_classifier"))
+    chapter, _, description = SERVABLE_MODELS.get(name, ("?", None, "a classifier saved with chapter 05's save_classifier"))
     return {"name": f"from-zero-sentiment-{name}", "version": f"{chapter}.{weights[:12]}", "card format": CARD_FORMAT,
             "description": description, "chapter": chapter, "labels": list(LABELS),
             "parameters": count_parameters(model),
@@ -275,7 +275,7 @@ def onnx_files(name: str, *, rebuild: bool = False) -> Path:
                               rebuild=rebuild)
 
 
-def latency_ms(run: Runner, tokenizer, text: str, repeats: int = 30) -> float:
+def scoring_latency_ms(run: Runner, tokenizer, text: str, repeats: int = 30) -> float:
     """Median milliseconds to score one sentence, after three warm-up calls."""
     for _ in range(3):
         probabilities(run, tokenizer, [text])
@@ -297,7 +297,7 @@ def compare_runtimes(name: str, texts: Sequence[str], labels: Sequence[int],
         probs = probabilities(run, tokenizer, texts)
         seconds = time.perf_counter() - started
         reference = probs if reference is None else reference
-        latency = latency_ms(run, tokenizer, texts[0])
+        latency = scoring_latency_ms(run, tokenizer, texts[0])
         path = files.get(runtime)
         rows.append({"model": name, "runtime": runtime,
                      "file MB": round(path.stat().st_size / 1e6, 1) if path else None,
@@ -432,9 +432,9 @@ def load_predictor(spec: str | Path = "student", runtime: str = "torch") -> Pred
     """"student", "teacher" or a model folder (with card.json or classifier.json); runtime "torch" or "onnx"."""
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; choose 'torch' or 'onnx'")
-    if runtime == "onnx" and str(spec) not in SOURCES:
+    if runtime == "onnx" and str(spec) not in SERVABLE_MODELS:
         raise ValueError("runtime 'onnx' serves 'student' or 'teacher'; for another folder use export_onnx + onnx_runner")
-    folder = model_folder(str(spec)) if str(spec) in SOURCES else Path(spec)
+    folder = model_folder(str(spec)) if str(spec) in SERVABLE_MODELS else Path(spec)
     if not (folder / "classifier.json").is_file():
         raise FileNotFoundError(f"{folder} is not a model folder (no classifier.json); give 'student', 'teacher' "
                                 f"or a folder written by model_folder / save_classifier")
@@ -555,38 +555,10 @@ def answers_match(result: dict[str, Any], texts: Sequence[str], expected: np.nda
     return True
 
 
-__all__ = [  # this chapter's own names (tools/export.py lists them)
-    'SOURCES',
-    'CARD_FORMAT',
-    'source_folder',
-    'test_loader',
-    'measure',
-    'card_facts',
-    'model_card',
-    'model_folder',
-    'Runner',
-    'torch_runner',
-    'softmax',
-    'probabilities',
-    'folder_probabilities',
-    'LogitsOnly',
-    'export_onnx',
-    'quantise_onnx',
-    'onnx_runner',
-    'onnx_files',
-    'latency_ms',
-    'compare_runtimes',
-    'JSON_TYPES',
-    'BadRequest',
-    'read_texts',
-    'pipeline_rows',
-    'MicroBatcher',
-    'Predictor',
-    'load_predictor',
-    'create_app',
-    'app',
-    'load_test',
-    'run_load_plan',
-    'load_test_elsewhere',
-    'answers_match',
+__all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
+    'SERVABLE_MODELS', 'CARD_FORMAT', 'source_folder', 'test_loader', 'measure', 'card_facts', 'model_card',
+    'model_folder', 'Runner', 'torch_runner', 'softmax', 'probabilities', 'folder_probabilities', 'LogitsOnly',
+    'export_onnx', 'quantise_onnx', 'onnx_runner', 'onnx_files', 'scoring_latency_ms', 'compare_runtimes',
+    'JSON_TYPES', 'BadRequest', 'read_texts', 'pipeline_rows', 'MicroBatcher', 'Predictor', 'load_predictor',
+    'create_app', 'app', 'load_test', 'run_load_plan', 'load_test_elsewhere', 'answers_match',
 ]

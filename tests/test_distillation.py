@@ -267,7 +267,7 @@ def test_student_stores_a_given_run_and_reuses_it(tmp_path, monkeypatch, tokeniz
     model = tiny(tokenizer)
     row = {"model": model, "arm": "distilled + augmented", "lr": 1e-3, "seed": 0, "test accuracy": 0.5,
            "validation accuracy": 0.5}
-    folder = ch07.student(distill_settings("cpu"), result=row)
+    folder = ch07.store_student(row, distill_settings("cpu"))
     again, _ = finetune.load_classifier(folder)
     inputs = encoded(tokenizer)
     assert torch.equal(logits(again, inputs), logits(model, inputs))

@@ -24,8 +24,19 @@ def test_course_matches_the_notebooks(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in COURSE.glob("ch*.py")))
-def test_every_module_imports(name):
-    importlib.import_module(f"course.{name}")
+def test_every_module_imports_and_lists_its_own_names(name):
+    module = importlib.import_module(f"course.{name}")
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert module.__all__ and not missing, missing
+    assert not any(n.startswith("_") for n in module.__all__)
+
+
+def test_the_readme_lists_each_chapters_names():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert export.names_table() in text, "README.md's table of chapter names is stale: run `make export`"
+    table = export.names_table()
+    rows = table.splitlines()[3:-1]
+    assert "`course.ch05_fine_tuning` | `MAX_LENGTH`" in table and not any(", `_" in row for row in rows)
 
 
 def test_utils_never_imports_course():

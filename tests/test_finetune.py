@@ -172,7 +172,7 @@ def stored_teacher(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(finetune, "load_tokenizer", lambda arm, mini_bert=None: tokenizer)
     row = {"model": tiny_classifier(tokenizer), "lr": 1e-4, "seed": 0, "steps": 5, "batch": 4,
            "test accuracy": 0.5, "validation accuracy": 0.5}
-    return finetune.teacher(result=row), row
+    return finetune.store_teacher(row), row
 
 
 def test_teacher_stores_a_given_run_and_reuses_it(stored_teacher, monkeypatch):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from utils.sweeps import (SweepRecord, best_rate, chosen_rates, read_record, sweep_arguments, sweep_command,
+from utils.sweeps import (SweepRecord, best_rate, chosen_rates, make_sweep, read_record, sweep_arguments, sweep_command,
                           tune_then_repeat, write_record)
 
 SETTINGS = {"steps": 10, "learning_rates": [["LoRA", [1e-3, 3e-3]]], "seeds": (0, 1)}
@@ -89,3 +89,22 @@ def test_a_sweep_record_names_its_file_and_the_command_that_makes_it(tmp_path):
     assert record.read("cpu", settings=SETTINGS, inputs=INPUTS)["rows"] == [{"lr": 1e-3}]
     with pytest.raises(ValueError, match=r"other settings than x_settings\('cpu'\)"):
         record.read("cpu", settings={**SETTINGS, "steps": 1}, inputs=INPUTS)
+
+
+def test_a_sweep_script_writes_its_record_and_reuses_the_committed_runs(tmp_path, capsys):
+    record = SweepRecord("x_sweep", made_by="x_settings", inputs_named="sentiment set", folder=tmp_path)
+
+    def sweep(earlier):
+        kept = {(row["lr"], row["seed"]) for row in earlier}
+        return earlier + [{"arm": "a", "lr": lr, "seed": 0, "validation accuracy": lr * 100}
+                          for lr in (1e-3, 3e-3) if (lr, 0) not in kept]
+    path = make_sweep(record, "cpu", sweep_arguments("x", []), settings=SETTINGS, inputs=INPUTS, sweep=sweep, by="arm")
+    assert "chosen on validation: {'a': 0.003}" in capsys.readouterr().out
+    first = json.loads(path.read_text())
+    assert first["command"] == "python -m bench.x_sweep" and len(first["rows"]) == 2
+    again = make_sweep(record, "cpu", sweep_arguments("x", ["--reuse"]), settings=SETTINGS, inputs=INPUTS,
+                       sweep=lambda earlier: earlier, by="arm")
+    assert json.loads(again.read_text())["rows"] == first["rows"]
+    with pytest.raises(SystemExit):
+        sweep_arguments("no reuse here", ["--reuse"], reuse=False)
+    assert sweep_arguments("no reuse here", [], reuse=False).reuse is False

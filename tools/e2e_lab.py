@@ -160,6 +160,48 @@ def run_in_browser(browser_path: str, url: str, out: Path, timeout: float) -> di
     return {"cells": cells, "seconds": seconds, "screenshot": shot}
 
 
+def run_lab(notebook: Path, browser_path: str, out: Path, timeout: float) -> dict:
+    """JupyterLab on a free port of 127.0.0.1 with a throwaway home, the notebook run through its UI in the browser."""
+    port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+    with tempfile.TemporaryDirectory(prefix="from-zero-e2e-") as home:
+        server = start_lab(Path(home), port, token)
+        try:
+            started = time.monotonic()
+            wait_for_lab(port, token, server, timeout)
+            print(f"JupyterLab answered in {time.monotonic() - started:.1f} s; running {notebook.name} "
+                  f"through the UI in {Path(browser_path).name} …", flush=True)
+            return run_in_browser(browser_path, f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}",
+                                  out, timeout)
+        except Exception:
+            print((Path(home) / "lab.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def ui_problems(cells: list[dict]) -> list[str]:
+    """What the browser saw that a learner would call broken: cells not run, errors, widgets shown as text,
+    no progress-bar widget, no image."""
+    problems = []
+    not_run = [i for i, c in enumerate(cells, 1) if not re.fullmatch(r"\[\d+\]:", c["prompt"])]
+    if not_run:
+        problems.append(f"code cells that did not run: {not_run}")
+    for i, c in enumerate(cells, 1):
+        if c["error"]:
+            problems.append(f"code cell {i} shows an error: {c['errorText']!r}")
+        if c["widgetAsText"]:
+            problems.append(f"code cell {i} shows a widget as text (the widget manager did not render it)")
+    if sum(c["widgets"] for c in cells) == 0:
+        problems.append("no progress-bar widget was rendered")
+    if sum(c["images"] for c in cells) == 0:
+        problems.append("no image (live plot, figures) was shown")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notebook", default="chapters/00_welcome.ipynb")
@@ -185,48 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = notebook.parent / ".ipynb_checkpoints"        # JupyterLab makes one when it opens a notebook
     left = {checkpoints, checkpoints / f"{notebook.stem}-checkpoint.ipynb"}
     existed = {path for path in left if path.exists()}
-    port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
     out = ROOT / args.out
-    with tempfile.TemporaryDirectory(prefix="from-zero-e2e-") as home:
-        server = start_lab(Path(home), port, token)
-        try:
-            started = time.monotonic()
-            wait_for_lab(port, token, server, args.timeout)
-            print(f"JupyterLab answered in {time.monotonic() - started:.1f} s; running {notebook.name} "
-                  f"through the UI in {Path(browser_path).name} …", flush=True)
-            result = run_in_browser(browser_path, f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}",
-                                    out, args.timeout)
-        except Exception:
-            print((Path(home) / "lab.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    result = run_lab(notebook, browser_path, out, args.timeout)
     for path in sorted(left - existed, reverse=True):          # the file, then the folder if it is empty
         if path.is_file():
             path.unlink()
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
     cells = result["cells"]
-    problems = []
-    not_run = [i for i, c in enumerate(cells, 1) if not re.fullmatch(r"\[\d+\]:", c["prompt"])]
-    if not_run:
-        problems.append(f"code cells that did not run: {not_run}")
-    for i, c in enumerate(cells, 1):
-        if c["error"]:
-            problems.append(f"code cell {i} shows an error: {c['errorText']!r}")
-        if c["widgetAsText"]:
-            problems.append(f"code cell {i} shows a widget as text (the widget manager did not render it)")
-    widgets, images = sum(c["widgets"] for c in cells), sum(c["images"] for c in cells)
-    if widgets == 0:
-        problems.append("no progress-bar widget was rendered")
-    if images == 0:
-        problems.append("no image (live plot, figures) was shown")
+    problems = ui_problems(cells)
     if hashlib.sha256(notebook.read_bytes()).hexdigest() != before:
         problems.append(f"{args.notebook} was modified on disk by the run (autosave should be off)")
+    widgets, images = sum(c["widgets"] for c in cells), sum(c["images"] for c in cells)
     print(f"{notebook.name}: {len(cells)} code cells run in {result['seconds']:.1f} s through the UI; "
           f"{widgets} rendered widgets, {images} images; screenshot {result['screenshot'].relative_to(ROOT)}")
     for problem in problems:

@@ -117,6 +117,20 @@ def lesson_names(cells: list[tuple[int, str]]) -> list[str]:
     return names
 
 
+def all_list(names: list[str], width: int = 116) -> str:
+    """`__all__ = [...]` with the names wrapped at `width` characters."""
+    rows, row = [], "   "
+    for name in names:
+        item = f" {name!r},"
+        if len(row) + len(item) > width:
+            rows.append(row)
+            row = "   "
+        row += item
+    rows.append(row)
+    body = "\n".join(rows)
+    return f"\n\n__all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)\n{body}\n]\n"
+
+
 def module_text(notebook: Path) -> str | None:
     """The generated module's text, or None when the notebook exports nothing."""
     notebook_cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
@@ -127,13 +141,39 @@ def module_text(notebook: Path) -> str | None:
     title = "".join(notebook_cells[0]["source"])
     title = title.splitlines()[0].lstrip("# ").strip() if title else notebook.stem
     header = HEADER.format(notebook=notebook.name, title=title.replace('"""', "'''"))
-    names = "".join(f"\n    {name!r}," for name in lesson_names(cells))
-    return (header + "".join(f"\n\n{body}\n" for _, body in cells)
-            + f"\n\n__all__ = [  # this chapter's own names (tools/export.py lists them)\n{names.lstrip(chr(10))}\n]\n")
+    return header + "".join(f"\n\n{body}\n" for _, body in cells) + all_list(lesson_names(cells))
 
 
 def chapter_notebooks() -> list[Path]:
     return sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
+
+
+README = ROOT / "README.md"
+NAMES_START, NAMES_END = "<!-- lesson-names -->", "<!-- /lesson-names -->"
+
+
+def names_table(notebooks: list[Path] | None = None) -> str:
+    """The README's table of each chapter module's own names (its `__all__`), between the two markers."""
+    rows = []
+    for notebook in notebooks or chapter_notebooks():
+        cells = exported_cells(notebook, json.loads(notebook.read_text(encoding="utf-8"))["cells"])
+        if cells:
+            names = ", ".join(f"`{name}`" for name in lesson_names(cells))
+            rows.append(f"| `course.{module_name(notebook)}` | {names} |")
+    return "\n".join([NAMES_START, "| module | the chapter's own names (`__all__`, written by `make export`) |",
+                      "| --- | --- |", *rows, NAMES_END])
+
+
+def update_readme(readme: Path = README) -> bool:
+    """Write the names table into the README (True if it changed); a README without the markers is left alone."""
+    text = readme.read_text(encoding="utf-8")
+    if NAMES_START not in text or NAMES_END not in text:
+        return False
+    start, end = text.index(NAMES_START), text.index(NAMES_END) + len(NAMES_END)
+    new = text[:start] + names_table() + text[end:]
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new != text
 
 
 def export(out: Path = COURSE, notebooks: list[Path] | None = None) -> list[Path]:
@@ -158,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export(args.out)
+        if args.out == COURSE:
+            update_readme()
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

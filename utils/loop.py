@@ -516,7 +516,7 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     device = pick_device(cfg.device)
     acc = accelerator(cfg, device, cfg.precision(device))
     model.train()
-    prepared = acc.prepare_model(model)         # on the device; autocast; DistributedDataParallel if N > 1
+    wrapped = acc.prepare_model(model)         # on the device; autocast; DistributedDataParallel if N > 1
     try:
         run = _Run.start(model, train_data, cfg, optimizer, acc)
         ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
@@ -524,18 +524,18 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
         if state is not None:
             run.resume(state)
         if run.history.steps_done < cfg.steps and not run.history.stopped_early:
-            _loop(prepared, model, run, eval_data, metrics, callbacks, ckpt_dir)
+            _loop(wrapped, model, run, eval_data, metrics, callbacks, ckpt_dir)
     finally:
-        acc.unwrap_model(prepared, keep_fp32_wrapper=False)   # the model's own forward back, without autocast
+        acc.unwrap_model(wrapped, keep_fp32_wrapper=False)   # the model's own forward back, without autocast
     if cfg.restore_best and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     return run.history
 
 
-def _loop(prepared: nn.Module, model: nn.Module, run: _Run, eval_data: Iterable | None,
+def _loop(wrapped: nn.Module, model: nn.Module, run: _Run, eval_data: Iterable | None,
           metrics: Callable | None, callbacks: Sequence[Callable[[int, History], Any]], ckpt_dir: Path | None) -> None:
     """Optimizer steps until `cfg.steps`, with the evaluations, callbacks, checkpoints and plots due.
-    `prepared` is what trains (accelerate's wrapper), `model` the module itself (evaluated and saved)."""
+    `wrapped` is what trains (accelerate's wrapper), `model` the module itself (evaluated and saved)."""
     cfg, history, acc = run.cfg, run.history, run.acc
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     eval_every = cfg.eval_every or max(1, cfg.steps // 10)
@@ -547,7 +547,7 @@ def _loop(prepared: nn.Module, model: nn.Module, run: _Run, eval_data: Iterable 
         log = _LossLog(run, bar)
         while step < cfg.steps:
             step += 1
-            log.add(step, *_optimizer_step(prepared, run, params, step))   # batch, forward, backward, clip, step
+            log.add(step, *_optimizer_step(wrapped, run, params, step))   # batch, forward, backward, clip, step
             bar.update(1)
             evaluate = watching and (step % eval_every == 0 or step == cfg.steps)
             if step % cfg.log_every == 0 or step == cfg.steps or evaluate:

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import platform
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -85,9 +86,34 @@ class SweepRecord:
                             seconds=seconds, command=command, libraries=self.libraries)
 
     def read(self, preset: str, *, settings: Mapping[str, Any], inputs: Mapping[str, str],
-             any_rates: bool = False) -> dict[str, Any]:
+             any_rates: bool = False, missing_ok: bool = False) -> dict[str, Any] | None:
+        """The record for `preset`, checked (see read_record). missing_ok: None when none is committed for this
+        preset, after a line saying which command makes one."""
+        if missing_ok and not self.path(preset).is_file():
+            print(f"no committed {self.name} record for the {preset} preset: `{self.rerun(preset)}` makes one")
+            return None
         return read_record(self.path(preset), settings=settings, inputs=inputs, rerun=self.rerun(preset),
                            made_by=f"{self.made_by}({preset!r})", inputs_named=self.inputs_named, any_rates=any_rates)
+
+
+def make_sweep(record: SweepRecord, preset: str, args: argparse.Namespace, *, settings: Mapping[str, Any],
+               inputs: Mapping[str, str], sweep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+               by: str | None = None) -> Path:
+    """What every sweep script does once its models and data are ready: `sweep(earlier)` timed (earlier: the
+    committed rows when --reuse, to be taken as they are), the record written with the command that made it,
+    the rates chosen per `by` (an arm, a method) printed. Returns the record's path."""
+    earlier: Mapping[str, Any] = {"rows": [], "seconds": 0}
+    if args.reuse:
+        earlier = record.read(preset, settings=settings, inputs=inputs, any_rates=True)
+    started = time.perf_counter()
+    rows = sweep(list(earlier["rows"]))
+    seconds = time.perf_counter() - started + earlier["seconds"]
+    path = record.write(preset, settings=settings, inputs=inputs, rows=rows, seconds=seconds,
+                        command=sweep_command(f"bench.{record.name}", args))
+    if by is not None:
+        print("chosen on validation:", chosen_rates(rows, by=by))
+    print(f"wrote {path} in {seconds / 60:.1f} min")
+    return path
 
 
 def write_record(path: str | Path, *, preset: str, settings: Mapping[str, Any], inputs: Mapping[str, str],
@@ -194,15 +220,17 @@ def compare_reruns(record: Mapping[str, Any], reruns: Mapping[str, tuple[float, 
     return rows
 
 
-def sweep_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """The options every sweep script takes (--preset, --threads, --reuse); sets the threads and quiets the
-    libraries before the script's work starts."""
+def sweep_arguments(description: str, argv: list[str] | None = None, reuse: bool = True) -> argparse.Namespace:
+    """The options every sweep script takes (--preset, --threads, and --reuse where `reuse`); sets the threads
+    and quiets the libraries before the script's work starts."""
     from .models import quiet_libraries
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: this machine's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse the committed runs made with the same settings apart from the learning rates")
+    if reuse:
+        parser.add_argument("--reuse", action="store_true",
+                            help="reuse the committed runs made with the same settings apart from the learning rates")
+    parser.set_defaults(reuse=False)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
