@@ -18,7 +18,7 @@ from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
 from utils import History, cache_root, digest, evaluating, get_or_build, made_from, seed_everything, train
 from utils.data import load_corpus, load_sentiment
-from utils.hardware import preset as device_preset
+from utils.hardware import for_preset
 from utils.models import bert_config
 
 
@@ -64,10 +64,7 @@ SETTINGS = {"cpu": PretrainSettings(),
 
 def settings_for(preset: str | None = None, **overrides) -> PretrainSettings:
     """The pretraining recipe for the "cpu" or "gpu" preset (default: utils.preset()), with overrides."""
-    preset = preset or device_preset()
-    if preset not in SETTINGS:
-        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or 'gpu'")
-    return replace(SETTINGS[preset], **overrides)
+    return replace(for_preset(SETTINGS, preset), **overrides)
 
 
 def corpus(settings: PretrainSettings) -> list[str]:

@@ -19,7 +19,7 @@ from utils import CheckpointError, History, add_to_class, evaluating, get_or_bui
 from utils import made_from, pick_device, seed_everything, train
 from course.ch04_pretraining import pretrained_mini_bert
 from utils.data import load_behaviour_set, load_sentiment, sentiment_rows
-from utils.hardware import preset as device_preset
+from utils.hardware import for_preset
 from utils.models import load_pretrained, load_pretrained_tokenizer, model_identity, quiet_transformers
 from utils.sweeps import result_row
 
@@ -77,10 +77,7 @@ EXPERIMENT = {
 
 
 def experiment_for(preset: str | None = None) -> ExperimentSettings:
-    preset = preset or device_preset()
-    if preset not in EXPERIMENT:
-        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or 'gpu'")
-    return EXPERIMENT[preset]
+    return for_preset(EXPERIMENT, preset)
 
 
 LABELS = ("negative", "positive")     # the names of label 0 and label 1

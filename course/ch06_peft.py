@@ -20,7 +20,7 @@ from course.ch05_fine_tuning import (MAX_LENGTH, FinetuneSettings, Prepared, Sen
                                      linear_probe, new_classifier, predict_proba, prepare, scores)
 from utils.checkpoint import atomic_path
 from utils.data import sentiment_rows
-from utils.hardware import preset as device_preset
+from utils.hardware import for_preset
 from utils.models import model_identity
 from utils.sweeps import SweepRecord, chosen_rates, result_row, tune_then_repeat
 
@@ -54,10 +54,7 @@ PEFT = {"cpu": PeftSettings(),
 
 
 def peft_settings(preset: str | None = None) -> PeftSettings:
-    preset = preset or device_preset()
-    if preset not in PEFT:
-        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or 'gpu'")
-    return PEFT[preset]
+    return for_preset(PEFT, preset)
 
 
 def freeze_all_but_head(model: SentenceClassifier) -> SentenceClassifier:

@@ -23,7 +23,7 @@ from course.ch05_fine_tuning import (MAX_LENGTH, LengthGroupedSampler, Prepared,
                                      accuracy, batches, load_classifier, new_classifier, predict_proba, prepare,
                                      save_classifier, scores, teacher, teacher_identity)
 from utils.data import load_sentiment, sentiment_rows
-from utils.hardware import preset as device_preset
+from utils.hardware import for_preset, preset as device_preset
 from utils.sweeps import SweepRecord, chosen_rates, result_row, tune_then_repeat
 
 
@@ -53,10 +53,7 @@ DISTILL = {"cpu": DistillSettings(),
 
 
 def distill_settings(preset: str | None = None) -> DistillSettings:
-    preset = preset or device_preset()
-    if preset not in DISTILL:
-        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or 'gpu'")
-    return DISTILL[preset]
+    return for_preset(DISTILL, preset)
 
 
 def logits_of(model: nn.Module, loader) -> torch.Tensor:

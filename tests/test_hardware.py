@@ -87,3 +87,12 @@ def test_preset_follows_device_and_can_be_forced(machine, monkeypatch):
     monkeypatch.setenv(hardware.PRESET_ENV, "huge")
     with pytest.raises(ValueError, match="not a preset"):
         preset()
+
+
+def test_a_table_per_preset_gives_this_machines_entry_or_names_the_choices(monkeypatch):
+    from utils.hardware import for_preset
+    table = {"cpu": 1, "gpu": 2}
+    monkeypatch.setenv("FROM_ZERO_PRESET", "gpu")
+    assert for_preset(table) == 2 and for_preset(table, "cpu") == 1
+    with pytest.raises(ValueError, match="unknown preset 'tpu'; choose one of 'cpu', 'gpu'"):
+        for_preset(table, "tpu")

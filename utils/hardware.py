@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import Mapping, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 DEVICE_ENV = "FROM_ZERO_DEVICE"
 PRESET_ENV = "FROM_ZERO_PRESET"
@@ -110,6 +113,14 @@ def processor() -> str:
     except OSError:
         pass
     return f"{name} · {torch.backends.cpu.get_cpu_capability()}"
+
+
+def for_preset(table: Mapping[str, T], preset_name: str | None = None) -> T:
+    """`table[preset_name]`, this machine's preset (see `preset`) when None; a one-line error for an unknown one."""
+    name = preset_name or preset()
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(map(repr, table))}")
+    return table[name]
 
 
 def preset(device: torch.device | str | None = None) -> str:
