@@ -300,16 +300,20 @@ def save_pretrained_mlm(result: dict[str, Any], folder: Path, settings: Pretrain
 
 
 def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: bool = False,
-                         result: dict[str, Any] | None = None, **train_options: Any) -> Path:
-    """The folder of this chapter's pretrained mini-BERT (model + tokenizer), trained now if not cached.
-    result: a `pretrain` result to store as the artifact instead of training again (this chapter does that)."""
+                         **train_options: Any) -> Path:
+    """The folder of this chapter's pretrained mini-BERT (model + tokenizer), trained now if not cached."""
     settings = settings or settings_for()
 
     def build(folder: Path) -> None:
-        trained = result if result is not None else pretrain(settings, **{"progress": True, **train_options})
-        save_pretrained_mlm(trained, folder, settings)
-    return get_or_build(artifact_name(settings), build, version=mini_bert_identity(settings),
-                        rebuild=rebuild or result is not None)
+        save_pretrained_mlm(pretrain(settings, **{"progress": True, **train_options}), folder, settings)
+    return get_or_build(artifact_name(settings), build, version=mini_bert_identity(settings), rebuild=rebuild)
+
+
+def store_mini_bert(result: dict[str, Any], settings: PretrainSettings) -> Path:
+    """Store a `pretrain(settings)` result as the cached mini-BERT (this chapter stores its own run):
+    `pretrained_mini_bert(settings)` returns it from then on."""
+    return get_or_build(artifact_name(settings), lambda folder: save_pretrained_mlm(result, folder, settings),
+                        version=mini_bert_identity(settings), rebuild=True)
 
 
 def mini_bert_identity(settings: PretrainSettings | None = None) -> dict[str, str]:
@@ -348,5 +352,5 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'continuation_bpe', 'readable', 'train_wordpiece', 'mask_tokens', 'special_mask', 'mask_with', 'pack_blocks',
     'MaskedOnlyMLM', 'new_model', 'SINUSOID_SCALE', 'sinusoids', 'masked_batches', 'fixed_masked_set',
     'masked_lm_scores', 'inputs_identity', 'training_folder', 'pretrain', 'unigram_baseline', 'save_pretrained_mlm',
-    'pretrained_mini_bert', 'mini_bert_identity', 'artifact_name', 'text_identity',
+    'pretrained_mini_bert', 'store_mini_bert', 'mini_bert_identity', 'artifact_name', 'text_identity',
 ]

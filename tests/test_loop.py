@@ -90,6 +90,26 @@ def run(checkpoint_dir=None, callbacks=(), perturb=False, train_size=200, **extr
     return history, model
 
 
+def test_two_runs_into_one_checkpoint_folder_take_turns_and_the_second_resumes_the_first(tmp_path):
+    """Two notebooks (or two test workers) training the same recipe into the same folder: the second waits for
+    the first, then finds its finished run instead of writing checkpoints beside it."""
+    import threading
+    from filelock import FileLock
+    folder = tmp_path / "run"
+    held = FileLock(str(tmp_path / ".run.lock"))
+    held.acquire()
+    results = []
+    waiting = threading.Thread(target=lambda: results.append(run(folder)[0]))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and checkpoint_steps(folder) == []     # it waits for the lock's holder
+    held.release()
+    waiting.join(timeout=60)
+    assert results[0].steps_done == 30 and results[0].resumed_from is None
+    again, _ = run(folder)
+    assert again.resumed_from == 30 and again.train == results[0].train
+
+
 def test_exact_resume_after_a_crash(tmp_path):
     reference, reference_model = run()
     with pytest.raises(Crash):

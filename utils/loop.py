@@ -517,14 +517,15 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
     acc = accelerator(cfg, device, cfg.precision(device))
     model.train()
     wrapped = acc.prepare_model(model)         # on the device; autocast; DistributedDataParallel if N > 1
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
     try:
-        run = _Run.start(model, train_data, cfg, optimizer, acc)
-        ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
-        state = read_checkpoint(ckpt_dir, cfg, model, acc, run.batches) if ckpt_dir is not None and cfg.resume else None
-        if state is not None:
-            run.resume(state)
-        if run.history.steps_done < cfg.steps and not run.history.stopped_early:
-            _loop(wrapped, model, run, eval_data, metrics, callbacks, ckpt_dir)
+        with _only_run_in(ckpt_dir, acc):
+            run = _Run.start(model, train_data, cfg, optimizer, acc)
+            state = read_checkpoint(ckpt_dir, cfg, model, acc, run.batches) if ckpt_dir is not None and cfg.resume else None
+            if state is not None:
+                run.resume(state)
+            if run.history.steps_done < cfg.steps and not run.history.stopped_early:
+                _loop(wrapped, model, run, eval_data, metrics, callbacks, ckpt_dir)
     finally:
         acc.unwrap_model(wrapped, keep_fp32_wrapper=False)   # the model's own forward back, without autocast
     if cfg.restore_best and run.best_weights is not None:
@@ -569,6 +570,17 @@ def _loop(wrapped: nn.Module, model: nn.Module, run: _Run, eval_data: Iterable |
     history.elapsed_s += time.perf_counter() - started
     if plot is not None:
         plot.update(history, force=True)
+
+
+def _only_run_in(ckpt_dir: Path | None, acc: Any) -> contextlib.AbstractContextManager:
+    """A file lock on `ckpt_dir` for a one-process run: two notebooks (or two test workers) training the same
+    recipe into the same folder take turns, and the second resumes from the first's last checkpoint instead
+    of writing beside it. The processes of one distributed run share the folder by design: no lock."""
+    if ckpt_dir is None or acc.num_processes > 1:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(ckpt_dir.parent / f".{ckpt_dir.name}.lock"))
 
 
 def _progress_bar(cfg: TrainConfig, acc: Any, step: int) -> Any:
