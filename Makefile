@@ -6,7 +6,7 @@ CONSTRAINTS ?= constraints.txt
 KERNEL      ?= from-zero
 LAB_ARGS    ?=
 PYTEST_ARGS ?=
-# make test runs on this many pytest workers (one torch thread each), a whole notebook per worker; WORKERS=1: serial
+# make test's first phase runs on this many pytest workers (one torch thread each); WORKERS=1: all in one process
 WORKERS     ?= 2
 PORT        ?= 8000
 E2E_ARGS    ?=
@@ -23,7 +23,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 help:
 	@echo "make lab      create .venv if needed, install, register the '$(KERNEL)' kernel, open JupyterLab on chapters/"
 	@echo "make test     create .venv if needed, install, run unit tests + every notebook (offline)"
-	@echo "make test-fast  the unit tests not marked slow (no notebooks, no training runs): under 2 minutes"
+	@echo "make test-fast  the tests not marked slow (no notebook, no training run): about half a minute"
 	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
 	@echo "make export   write each chapter's '#| export' cells to course/chNN_name.py (run-all does it too)"
 	@echo "make data     fetch and verify the corpus, the sentiment set and the pretrained model into data/cache/"
@@ -56,8 +56,11 @@ lab: $(STAMP) data
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "From Zero (.venv)" >/dev/null
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
 
+# Two phases (conftest.py): what shares nothing on $(WORKERS) workers, then, in one process and in chapter
+# order, what builds or reads the chapters' shared artifacts. Exit status 5 is "this phase selected no test".
 test: $(STAMP) data
-	$(BIN)/python -m pytest $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not shared_artifacts" $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m shared_artifacts $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

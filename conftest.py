@@ -41,16 +41,18 @@ import offline_guard  # noqa: E402
 offline_guard.install()
 
 
-# Under `pytest -n 2` (make test) each worker and the notebook kernels it starts use one thread: two workers
-# with one thread each on two cores finish ~20% sooner than one process with two (TOOLCHAIN.md).
+# `make test` runs in two phases. First everything that shares nothing (the unit tests, each with a private
+# cache, and chapters 00-03) on two pytest workers with one thread each: on two cores that finishes ~20% sooner
+# than one process with two threads (measured on the course's 2-core machines). Then, in one process with every thread, what builds or
+# uses the chapters' shared artifacts (the mini-BERT, the teacher, the student), in chapter order: each
+# artifact is built once, by the chapter that makes it, before the chapters that read it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
 
-# The notebooks that take longest start first, so that two workers finish at about the same time.
-LONGEST_FIRST = ("05_", "04_", "07_", "06_", "08_", "03_", "02_", "01_", "00_")
+SHARED_FROM = 4       # chapter 04 builds the first shared artifact (the mini-BERT)
 
 
 def pytest_configure(config):
@@ -58,24 +60,27 @@ def pytest_configure(config):
                                        "(alone, it builds them first)")
     config.addinivalue_line("markers", "slow: takes seconds to minutes (every notebook, trainings, other processes); "
                                        "`make test-fast` leaves these out")
+    config.addinivalue_line("markers", "shared_artifacts: builds or reads the chapters' shared artifacts (chapters "
+                                       f"{SHARED_FROM:02d} on, their solutions, after_chapters): `make test` runs "
+                                       "these in one process, in chapter order, after the rest")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Every notebook cell is slow. Notebooks run first, longest first, then the unit tests; tests marked
-    after_chapters go last, where `make test` has already built the chapters' artifacts."""
+    """Every notebook cell is slow; chapters 04 on (and their solutions) and after_chapters tests use the shared
+    artifacts. Notebooks run in chapter order, the solutions after the chapters, after_chapters tests last."""
     for item in items:
-        if _notebook(item) is not None or item.get_closest_marker("after_chapters") is not None:
+        chapter = _chapter(item)
+        after = item.get_closest_marker("after_chapters") is not None
+        if chapter is not None or after:
             item.add_marker(pytest.mark.slow)
-
-    def order(item):
-        name = _notebook(item)
-        rank = next((i for i, prefix in enumerate(LONGEST_FIRST) if name and name.startswith(prefix)), len(LONGEST_FIRST))
-        return (item.get_closest_marker("after_chapters") is not None, name is None, rank)
-    items.sort(key=order)                                   # stable: a notebook's cells keep their order
+        if after or (chapter is not None and chapter >= SHARED_FROM):
+            item.add_marker(pytest.mark.shared_artifacts)
+    items.sort(key=lambda item: item.get_closest_marker("after_chapters") is not None)   # stable
 
 
-def _notebook(item) -> str | None:
-    return item.path.name if item.path.suffix == ".ipynb" else None
+def _chapter(item) -> int | None:
+    """The chapter number of a notebook's cell (a solutions notebook's too), None for a unit test."""
+    return int(item.path.name[:2]) if item.path.suffix == ".ipynb" and item.path.name[:2].isdigit() else None
 
 
 @pytest.hookimpl(wrapper=True)

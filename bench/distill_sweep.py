@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['arm']:36s} lr {row['lr']:<7g} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
     make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs_identity(data), by="arm",
-               sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier))
+               sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier),
+               started=started)                  # the transfer set's time counts too
     return 0
 
 

@@ -451,8 +451,7 @@ def saved_for_backward(forward: Callable[[], Any], exclude: Iterable[torch.Tenso
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
-    'Value', 'tanh', 'sigmoid', 'topological_order', 'backpropagate', 'SCALAR_OPS', 'random_expression',
-    'evaluate_expression', 'max_gradient_difference', 'unbroadcast', 'Tensor', 'as_tensor', 'tensor_sum',
-    'tensor_mean', 'backward', 'zero_grad', 'cross_entropy', 'Linear', 'MLP', 'random_tensor_program',
-    'evaluate_tensor_program', 'two_moons', 'saved_for_backward',
+    'Value', 'topological_order', 'backpropagate', 'SCALAR_OPS', 'random_expression', 'evaluate_expression',
+    'max_gradient_difference', 'unbroadcast', 'Tensor', 'as_tensor', 'tensor_sum', 'tensor_mean', 'cross_entropy',
+    'Linear', 'MLP', 'random_tensor_program', 'evaluate_tensor_program', 'two_moons', 'saved_for_backward',
 ]

@@ -360,9 +360,8 @@ def trainable_formula(config, strategy: str, *, num_labels: int = 2, k: int = 2,
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
-    'MultiHeadSelfAttention', 'forward', 'EncoderLayer', 'load_bert_layer', 'Embeddings', 'Encoder',
-    'encoder_from_bert', 'layer_formula', 'parameter_formulas', 'COMPONENT_RULES', 'component_of',
-    'count_by_component', 'count_by_layer', 'count_parameters', 'chain_rng', 'transitions', 'markov_sequences',
-    'mask_tokens', 'LoRALinear', 'merged', 'add_lora', 'merge_lora', 'STRATEGIES', 'apply_strategy',
-    'trainable_formula',
+    'MultiHeadSelfAttention', 'EncoderLayer', 'load_bert_layer', 'Embeddings', 'Encoder', 'encoder_from_bert',
+    'layer_formula', 'parameter_formulas', 'COMPONENT_RULES', 'component_of', 'count_by_component',
+    'count_by_layer', 'count_parameters', 'VOCAB', 'SEQ', 'MASK_ID', 'chain_rng', 'transitions', 'markov_sequences',
+    'mask_tokens', 'LoRALinear', 'add_lora', 'merge_lora', 'STRATEGIES', 'apply_strategy', 'trainable_formula',
 ]

@@ -594,10 +594,10 @@ def teacher_identity(settings: FinetuneSettings | None = None) -> dict[str, Any]
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'MAX_LENGTH', 'FinetuneSettings', 'ExperimentSettings', 'EXPERIMENT', 'experiment_for', 'LABELS', 'ARMS',
     'mini_bert_folder', 'load_tokenizer', 'tokenize', 'LengthGroupedSampler', 'batches', 'padding_share',
-    'Prepared', 'prepare', 'SentenceClassifier', 'sentence_vectors', 'forward', 'new_classifier', 'predict_proba',
-    'scores', 'accuracy', 'fine_tune', 'subset_indices', 'subset', 'run_arm', 'summarise', 'features',
-    'linear_probe', 'nearest_words', 'SCALING_MULTIPLES', 'SCALING_SIZES', 'SCALING', 'RECIPES', 'scaling_settings',
-    'scaling_identity', 'load_scaling', 'RECIPE_VARIANTS', 'RECIPE_LEVERS', 'recipes_settings', 'load_recipes',
-    'confident_mistakes', 'predict', 'NEUTRAL_CONFIDENCE', 'behaviour_table', 'save_classifier', 'load_classifier',
-    'TEACHER_LR', 'teacher_settings', 'teacher', 'store_teacher', 'save_teacher', 'teacher_identity',
+    'Prepared', 'prepare', 'SentenceClassifier', 'new_classifier', 'predict_proba', 'scores', 'accuracy',
+    'fine_tune', 'subset_indices', 'subset', 'run_arm', 'summarise', 'features', 'linear_probe', 'nearest_words',
+    'SCALING_MULTIPLES', 'SCALING_SIZES', 'SCALING', 'RECIPES', 'scaling_settings', 'scaling_identity',
+    'load_scaling', 'RECIPE_VARIANTS', 'RECIPE_LEVERS', 'recipes_settings', 'load_recipes', 'confident_mistakes',
+    'predict', 'NEUTRAL_CONFIDENCE', 'behaviour_table', 'save_classifier', 'load_classifier', 'TEACHER_LR',
+    'teacher_settings', 'teacher', 'store_teacher', 'save_teacher', 'teacher_identity',
 ]

@@ -559,6 +559,7 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'SERVABLE_MODELS', 'CARD_FORMAT', 'source_folder', 'test_loader', 'measure', 'card_facts', 'model_card',
     'model_folder', 'Runner', 'torch_runner', 'softmax', 'probabilities', 'folder_probabilities', 'LogitsOnly',
     'export_onnx', 'quantise_onnx', 'onnx_runner', 'onnx_files', 'scoring_latency_ms', 'compare_runtimes',
-    'JSON_TYPES', 'BadRequest', 'read_texts', 'pipeline_rows', 'MicroBatcher', 'Predictor', 'load_predictor',
-    'create_app', 'app', 'load_test', 'run_load_plan', 'load_test_elsewhere', 'answers_match',
+    'MAX_TEXTS', 'MAX_CHARACTERS', 'JSON_TYPES', 'BadRequest', 'read_texts', 'pipeline_rows', 'MicroBatcher',
+    'Predictor', 'load_predictor', 'create_app', 'app', 'load_test', 'run_load_plan', 'load_test_elsewhere',
+    'answers_match',
 ]

@@ -374,6 +374,13 @@ class NanAt(nn.Module):
         return (self.w - 2) ** 2 * (float("nan") if self.calls == self.bad else 1.0)
 
 
+def test_a_nan_in_the_middle_of_an_accumulation_leaves_no_gradient_behind():
+    model = NanAt(5)                                           # step 2's second of three batches
+    with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
+        train(model, [torch.zeros(1)], steps=4, grad_accum=3, **QUIET)
+    assert model.w.grad is None and torch.isfinite(model.w).all()
+
+
 def test_a_nan_loss_stops_at_its_step_with_the_weights_still_finite():
     model = NanAt(3)
     with pytest.raises(FloatingPointError, match="loss became nan at step 3: .*weights are those before this step"):

@@ -92,7 +92,7 @@ def test_chapter_07s_student_and_chapter_08s_card_on_the_other_machine(other_mac
     # identity, as that cache would hold them: computing them again takes two minutes and tests nothing more)
     folder = ch07.student(progress=False)
     recorded = json.loads((folder / "classifier.json").read_text())
-    assert recorded["inputs"] == json.loads(ch07.sweep_path("cpu").read_text())["inputs"]
+    assert recorded["inputs"] == json.loads(ch07.DISTILL_SWEEP.path("cpu").read_text())["inputs"]
     assert 0.6 < recorded["test accuracy"] < 1
     card = json.loads((model_folder("student") / "card.json").read_text())
     assert card["test accuracy"] == card["recorded test accuracy"]     # both measured on the same machine

@@ -102,15 +102,16 @@ def check_names(notebook: Path, cells: list[tuple[int, str]]) -> None:
 
 def lesson_names(cells: list[tuple[int, str]]) -> list[str]:
     """The chapter's own public names, in the order written: its top-level functions, classes and constants
-    (not what it imports, not names starting with an underscore). They become the module's `__all__`."""
+    (not what it imports, not names starting with an underscore, not methods added to a class written earlier
+    with `@add_to_class`). They become the module's `__all__`."""
     names: list[str] = []
     for _, body in cells:
         for node in ast.parse(body).body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                found = [node.name]
-            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                found = [] if any("add_to_class" in ast.unparse(d) for d in node.decorator_list) else [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):      # a method added to a class is not a name
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                found = [t.id for t in targets if isinstance(t, ast.Name)]
+                found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
             else:
                 found = []
             names += [name for name in found if not name.startswith("_") and name not in names]

@@ -427,7 +427,8 @@ def _optimizer_step(model: nn.Module, run: _Run, params: list[torch.Tensor],
         batch = to_device(run.batches.next(), acc.device)
         with acc.accumulate(model):
             loss = loss_of(forward(model, batch))
-            run.finite.before_backward(loss, step, run.optimizer)
+            # torch's own optimizer: accelerate's wrapper skips zero_grad in the middle of an accumulation
+            run.finite.before_backward(loss, step, run.scheduler.optimizer)
             acc.backward(loss)                  # divided by grad_accum; scaled for float16
         total += loss.detach().float()
     grad_norm = None
@@ -578,9 +579,23 @@ def _only_run_in(ckpt_dir: Path | None, acc: Any) -> contextlib.AbstractContextM
     of writing beside it. The processes of one distributed run share the folder by design: no lock."""
     if ckpt_dir is None or acc.num_processes > 1:
         return contextlib.nullcontext()
-    from filelock import FileLock
+    return _waiting_lock(ckpt_dir)
+
+
+@contextlib.contextmanager
+def _waiting_lock(ckpt_dir: Path) -> Iterator[None]:
+    from filelock import FileLock, Timeout
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(ckpt_dir.parent / f".{ckpt_dir.name}.lock"))
+    lock = FileLock(str(ckpt_dir.parent / f".{ckpt_dir.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another run training into {ckpt_dir} to finish (this one then resumes it)", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _progress_bar(cfg: TrainConfig, acc: Any, step: int) -> Any:

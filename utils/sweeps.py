@@ -98,14 +98,15 @@ class SweepRecord:
 
 def make_sweep(record: SweepRecord, preset: str, args: argparse.Namespace, *, settings: Mapping[str, Any],
                inputs: Mapping[str, str], sweep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-               by: str | None = None) -> Path:
+               by: str | None = None, started: float | None = None) -> Path:
     """What every sweep script does once its models and data are ready: `sweep(earlier)` timed (earlier: the
     committed rows when --reuse, to be taken as they are), the record written with the command that made it,
-    the rates chosen per `by` (an arm, a method) printed. Returns the record's path."""
+    the rates chosen per `by` (an arm, a method) printed. Returns the record's path. started: a
+    time.perf_counter() to count the record's seconds from (default: now, when the sweep starts)."""
     earlier: Mapping[str, Any] = {"rows": [], "seconds": 0}
     if args.reuse:
         earlier = record.read(preset, settings=settings, inputs=inputs, any_rates=True)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     rows = sweep(list(earlier["rows"]))
     seconds = time.perf_counter() - started + earlier["seconds"]
     path = record.write(preset, settings=settings, inputs=inputs, rows=rows, seconds=seconds,
