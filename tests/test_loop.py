@@ -524,3 +524,18 @@ def test_the_data_check_resumes_exactly_with_shuffling_in_a_batch_sampler_and_le
     train(Classifier(), rest, steps=6, lr=1e-2, checkpoint_dir=tmp_path / "b",
           callbacks=[lambda step, h: seen.append(step)], **QUIET)
     assert seen == [3, 4, 5, 6]
+
+
+def test_a_finished_run_resumed_with_a_live_plot_still_draws_its_curves(tmp_path, monkeypatch):
+    drawn = []
+
+    class Plot:
+        def __init__(self, title):
+            pass
+
+        def update(self, history, force=False):
+            drawn.append((history.steps_done, force))
+    run(tmp_path)
+    monkeypatch.setattr("utils.plots.LivePlot", Plot)
+    again, _ = run(tmp_path, live_plot=True)
+    assert again.resumed_from == 30 and drawn == [(30, True)]

@@ -527,6 +527,8 @@ def train(model: nn.Module, train_data: Iterable, *, eval_data: Iterable | None 
                 run.resume(state)
             if run.history.steps_done < cfg.steps and not run.history.stopped_early:
                 _loop(wrapped, model, run, eval_data, metrics, callbacks, ckpt_dir)
+            elif cfg.live_plot and acc.is_main_process:      # a finished run, resumed: its curves all the same
+                _live_plot(cfg, acc).update(run.history, force=True)
     finally:
         acc.unwrap_model(wrapped, keep_fp32_wrapper=False)   # the model's own forward back, without autocast
     if cfg.restore_best and run.best_weights is not None:
