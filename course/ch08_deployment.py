@@ -467,6 +467,10 @@ def create_app(predictor: Predictor | None = None, *, batching: bool = True, max
     app = FastAPI(title="From Zero sentiment", lifespan=lifespan)
     app.state.batching = batching
 
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest):     # any route's bad input: 4xx, one line
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
     @app.get("/health")
     async def health(request: Request):
         served = request.app.state.predictor
@@ -475,10 +479,7 @@ def create_app(predictor: Predictor | None = None, *, batching: bool = True, max
 
     @app.post("/predict")
     async def predict(request: Request):
-        try:
-            texts = read_texts(await request.body())
-        except BadRequest as error:
-            return JSONResponse({"error": str(error)}, status_code=error.status)
+        texts = read_texts(await request.body())          # a BadRequest is answered by bad_request
         batcher = request.app.state.batcher
         probs = await (batcher.submit(texts) if request.app.state.batching else batcher.alone(texts))
         served = request.app.state.predictor
