@@ -59,7 +59,7 @@ lab: $(STAMP) data
 # Two phases (conftest.py): what shares nothing on $(WORKERS) workers, then, in one process and in chapter
 # order, what builds or reads the chapters' shared artifacts. Exit status 5 is "this phase selected no test".
 test: $(STAMP) data
-	$(BIN)/python -m pytest -m "not shared_artifacts" $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m "not shared_artifacts" $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest -m shared_artifacts $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(STAMP) data

@@ -42,17 +42,20 @@ offline_guard.install()
 
 
 # `make test` runs in two phases. First everything that shares nothing (the unit tests, each with a private
-# cache, and chapters 00-03) on two pytest workers with one thread each: on two cores that finishes ~20% sooner
-# than one process with two threads (measured on the course's 2-core machines). Then, in one process with every thread, what builds or
-# uses the chapters' shared artifacts (the mini-BERT, the teacher, the student), in chapter order: each
-# artifact is built once, by the chapter that makes it, before the chapters that read it.
+# cache, and the chapters that use no other chapter's artifact: 00-03 and 06) on two pytest workers with one
+# thread each: on two cores that finishes ~20% sooner than one process with two threads (measured on the
+# course's 2-core machines). Then, in one process with every thread, what builds or reads the chapters' shared
+# artifacts (the mini-BERT, the teacher, the student), in chapter order: each is built once, by the chapter
+# that makes it, before the chapters that read it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
 
-SHARED_FROM = 4       # chapter 04 builds the first shared artifact (the mini-BERT)
+SHARED_ARTIFACTS = {4: "builds the mini-BERT", 5: "builds the teacher", 7: "builds the student",
+                    8: "serves the student and the teacher"}   # chapter 06 fine-tunes the downloaded MiniLM only
+FIRST = ("06_",)      # the longest notebooks of the first phase start first (make test passes --no-loadscope-reorder)
 
 
 def pytest_configure(config):
@@ -61,21 +64,23 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes seconds to minutes (every notebook, trainings, other processes); "
                                        "`make test-fast` leaves these out")
     config.addinivalue_line("markers", "shared_artifacts: builds or reads the chapters' shared artifacts (chapters "
-                                       f"{SHARED_FROM:02d} on, their solutions, after_chapters): `make test` runs "
-                                       "these in one process, in chapter order, after the rest")
+                                       f"{sorted(SHARED_ARTIFACTS)}, their solutions, after_chapters): `make test` "
+                                       "runs these in one process, in chapter order, after the rest")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Every notebook cell is slow; chapters 04 on (and their solutions) and after_chapters tests use the shared
-    artifacts. Notebooks run in chapter order, the solutions after the chapters, after_chapters tests last."""
+    """Every notebook cell is slow; the chapters in SHARED_ARTIFACTS (and their solutions) and after_chapters
+    tests use the shared artifacts. Chapter 06 and its solutions first, after_chapters tests last; otherwise
+    the collection order (chapters in order, solutions after the chapters)."""
     for item in items:
         chapter = _chapter(item)
         after = item.get_closest_marker("after_chapters") is not None
         if chapter is not None or after:
             item.add_marker(pytest.mark.slow)
-        if after or (chapter is not None and chapter >= SHARED_FROM):
+        if after or chapter in SHARED_ARTIFACTS:
             item.add_marker(pytest.mark.shared_artifacts)
-    items.sort(key=lambda item: item.get_closest_marker("after_chapters") is not None)   # stable
+    items.sort(key=lambda item: (item.get_closest_marker("after_chapters") is not None,
+                                 not item.path.name.startswith(FIRST)))      # stable: cells keep their order
 
 
 def _chapter(item) -> int | None:
