@@ -340,7 +340,9 @@ def test_empty_and_exhausted_data():
                                           ({"eval_every": 0}, "eval_every must be an int >= 1"),
                                           ({"lr": "1e-3"}, "lr must be a number, got '1e-3' \\(str\\)"),
                                           ({"clip": "1"}, "clip must be a number"),
-                                          ({"warmup": True}, "warmup must be a number")])
+                                          ({"warmup": True}, "warmup must be a number"),
+                                          ({"betas": (0.9, 1.0)}, "betas must be two numbers in \\[0, 1\\)"),
+                                          ({"betas": 0.9}, "betas must be two numbers")])
 def test_bad_config_fails_before_any_work(bad, message):
     with pytest.raises(ValueError, match=f"bad training config: {message}"):
         TrainConfig(**{"steps": 10, **bad})
@@ -539,3 +541,15 @@ def test_a_finished_run_resumed_with_a_live_plot_still_draws_its_curves(tmp_path
     monkeypatch.setattr("utils.plots.LivePlot", Plot)
     again, _ = run(tmp_path, live_plot=True)
     assert again.resumed_from == 30 and drawn == [(30, True)]
+
+
+def test_kept_at_steps_keeps_what_the_run_made_for_a_resumed_run(tmp_path):
+    from utils import KeptAtSteps
+    kept = KeptAtSteps(lambda step: f"made at {step}", steps=(2, 4), folder=tmp_path / "run", name="samples.json")
+    kept.keep(0)
+    for step in range(1, 5):
+        kept(step)
+    assert kept.kept == {"0": "made at 0", "2": "made at 2", "4": "made at 4"}
+    again = KeptAtSteps(lambda step: "final weights", steps=(2, 4), folder=tmp_path / "run", name="samples.json")
+    assert again.kept == kept.kept                        # read back, not made again
+    assert KeptAtSteps(str, steps=(1,), folder=None).path is None

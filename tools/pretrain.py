@@ -30,20 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def command(options: list[str], processes: int = 1) -> list[str]:
-    """The argv that runs this command with `options` on `processes` processes (accelerate's launcher for
-    more than one; its defaults named, so it prints no warning about them)."""
+def command(options: list[str], processes: int = 1, script: str | Path = __file__) -> list[str]:
+    """The argv that runs `script` (this command by default) with `options` on `processes` processes
+    (accelerate's launcher for more than one; its defaults named, so it prints no warning about them)."""
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return [*launcher, str(Path(__file__).resolve()), *options]
+    return [*launcher, str(Path(script).resolve()), *options]
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    from course.ch04_pretraining import PretrainSettings
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def settings_parser(settings_class, description: str) -> argparse.ArgumentParser:
+    """A parser with --preset, one option per field of the recipe dataclass `settings_class` (default: the
+    preset's value), and the options every pretraining command shares."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: utils.preset()")
-    for field in fields(PretrainSettings):
+    for field in fields(settings_class):
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -57,7 +58,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the results (main process)")
     parser.add_argument("--save", type=Path, default=None, help="a folder for the model and tokenizer")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from course.ch04_pretraining import PretrainSettings
+    return settings_parser(PretrainSettings, __doc__.split("\n")[0]).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,7 +6,7 @@ Where the code lives:
   utils.hardware    pick_device, amp_dtype, describe, preset       (CUDA → MPS → CPU, AMP dtype)
   utils.seeding     seed_everything, set_deterministic, seed_worker
   utils.loop        train, evaluate_loss, evaluating, TrainConfig, History   (the one training loop, on accelerate)
-  utils.resume      checkpoint_steps, random state and data position  (what exact resume needs)
+  utils.resume      checkpoint_steps, random state and data position, KeptAtSteps  (what exact resume needs)
   utils.distributed accelerator, shard                            (what accelerate is asked for; batches per process)
   utils.plots       plot_history, bar_chart, heatmap, draw_graph, LivePlot, course_style
   utils.models      bert_config, build_on_meta, load_pretrained, quiet_libraries  (model sizes and loading)
@@ -26,12 +26,13 @@ from .identity import digest, made_from
 from .hardware import amp_dtype, describe, needs_grad_scaler, pick_device, preset
 from .loop import History, TrainConfig, evaluate_loss, evaluating, lr_multiplier, train
 from .models import quiet_libraries
+from .resume import KeptAtSteps
 from .plots import LivePlot, bar_chart, course_style, draw_graph, heatmap, plot_history
 from .report import compare_gradients, markdown_table, show_table, what_we_measured
 from .seeding import seed_everything, seed_worker, set_deterministic
 
 __all__ = [
-    "CheckpointError", "History", "LivePlot", "TrainConfig", "add_to_class", "amp_dtype", "bar_chart", "cache_root", "compare_gradients",
+    "CheckpointError", "History", "KeptAtSteps", "LivePlot", "TrainConfig", "add_to_class", "amp_dtype", "bar_chart", "cache_root", "compare_gradients",
     "course_style", "describe", "digest", "draw_graph", "evaluate_loss", "evaluating", "get_or_build", "heatmap", "load_module", "load_state",
     "lr_multiplier", "made_from", "markdown_table", "needs_grad_scaler", "pick_device", "plot_history", "preset", "quiet_libraries", "save_module",
     "save_state", "seed_everything", "seed_worker", "set_deterministic", "show_table", "train", "what_we_measured",

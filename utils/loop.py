@@ -54,6 +54,7 @@ class TrainConfig:
     steps: int                          # optimizer steps (one step = grad_accum batches)
     lr: float = 1e-3
     weight_decay: float = 0.01          # AdamW; never applied to biases and LayerNorm weights
+    betas: tuple[float, float] = (0.9, 0.999)   # AdamW's moment decays (GPT-style pretraining: (0.9, 0.95))
     schedule: str = "linear"            # after warmup: constant, linear or cosine decay to 0
     warmup: float = 0.0                 # fraction of steps (< 1) or a number of steps (>= 1)
     grad_accum: int = 1
@@ -91,6 +92,8 @@ class TrainConfig:
             need(number(value), f"{name} must be a number, got {value!r} ({type(value).__name__}): "
                                 f"write {name}=1e-3, not {name}='1e-3'")
         need(isinstance(self.steps, int) and self.steps > 0, f"steps must be a positive int, got {self.steps!r}")
+        need(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and all(number(b) and 0 <= b < 1 for b in self.betas),
+             f"betas must be two numbers in [0, 1), e.g. (0.9, 0.95), got {self.betas!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {SCHEDULES}")
         need(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup!r}")
@@ -136,6 +139,8 @@ class TrainConfig:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
         keys = ("steps", "lr", "weight_decay", "schedule", "warmup", "grad_accum", "clip")
         found = {k: getattr(self, k) for k in keys}
+        if tuple(self.betas) != (0.9, 0.999):        # named only when set, so older checkpoints still resume
+            found["betas"] = list(self.betas)
         return found if self.inputs is None else {**found, "inputs": dict(self.inputs)}
 
 
@@ -356,7 +361,7 @@ class _Run:
               acc: Any) -> "_Run":
         finite = _FiniteCheck(cfg, acc, own_optimizer=optimizer is not None)
         if optimizer is None:
-            optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+            optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                           **({"fused": True} if finite.flag is not None else {}))
         wrapped = acc.prepare_optimizer(optimizer)
         warmup = cfg.warmup_steps

@@ -8,6 +8,7 @@ is loaded with pickle. A run resumes only from a checkpoint written with the sam
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -237,3 +238,26 @@ def _check_same_data(last: Path, state: Mapping[str, Any], acc: Any, batches: Ba
         raise CheckpointError(f"{last} was trained on other data (train_data now begins that epoch with another batch "
                               f"or has another number of batches): pass resume=False to start over, or use another "
                               f"checkpoint_dir")
+
+
+class KeptAtSteps:
+    """A `utils.train` callback that keeps `make(step)` (anything JSON can hold, e.g. a text sample) at each of
+    `steps`, in `folder/name`: a resumed or finished run then shows what the run made at those steps, not what
+    its final weights would make. `keep(0)` before training records the start. Only the main process writes."""
+
+    def __init__(self, make, steps: Iterable[int], folder: str | Path | None, name: str = "kept.json"):
+        self.make, self.steps = make, set(steps)
+        self.path = Path(folder) / name if folder is not None else None
+        self.kept: dict[str, Any] = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+
+    def keep(self, step: int) -> None:
+        from accelerate import PartialState
+        self.kept[str(step)] = self.make(step)
+        if self.path is not None and PartialState().is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.kept, indent=1, ensure_ascii=False))
+
+    def __call__(self, step: int, history: Any = None) -> None:
+        if step in self.steps:
+            self.keep(step)
