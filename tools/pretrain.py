@@ -61,6 +61,33 @@ def settings_parser(settings_class, description: str) -> argparse.ArgumentParser
     return parser
 
 
+def training_report(settings, processes: int, history, started: float) -> dict:
+    """What a pretraining command reports: its recipe, processes, steps, losses, evaluations and seconds."""
+    return {"settings": asdict(settings), "processes": processes, "steps_done": history.steps_done,
+            "resumed_from": history.resumed_from, "seconds": round(time.perf_counter() - started, 1),
+            "train": [{"step": r["step"], "loss": r["loss"]} for r in history.train], "eval": history.eval}
+
+
+def finish(report: dict, args: argparse.Namespace, save) -> None:
+    """On the main process: the report to --out, the model to --save (`save(folder)`)."""
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    if args.save is not None:
+        args.save.mkdir(parents=True, exist_ok=True)
+        save(args.save)
+
+
+def run(main) -> None:
+    """Run a pretraining command's `main`: a wrong option or checkpoint ends with its message, no traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from utils.checkpoint import CheckpointError
+    try:
+        main()
+    except (CheckpointError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     from course.ch04_pretraining import PretrainSettings
     return settings_parser(PretrainSettings, __doc__.split("\n")[0]).parse_args(argv)
@@ -88,18 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = pretrain(settings, tokenizer, callbacks=stop, checkpoint_dir=folder, log_every=args.log_every,
                       progress=not args.quiet)
     history = result["history"]
-    report = {"settings": asdict(settings), "processes": processes, "steps_done": history.steps_done,
-              "resumed_from": history.resumed_from, "seconds": round(time.perf_counter() - started, 1),
-              "train": [{"step": r["step"], "loss": r["loss"]} for r in history.train], "eval": history.eval}
+    report = training_report(settings, processes, history, started)
     state = PartialState()                          # the one utils.train started
     if state.is_main_process:
         test = fixed_masked_set(load_corpus("test"), tokenizer, settings, seed=1234)   # as chapter 04 scores it
         report["test"] = masked_lm_scores(result["model"], *test)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=1) + "\n")
-        if args.save is not None:
-            save_pretrained_mlm(result, args.save, settings)
+        finish(report, args, lambda folder: save_pretrained_mlm(result, folder, settings))
         scores = ", ".join(f"{k} {v:.4f}" for k, v in report["test"].items())
         print(f"{processes} process(es), {history.steps_done} steps, last loss {history.losses[-1]:.4f}; "
               f"WikiText-2 test: {scores}; {report['seconds']} s; checkpoints in {folder}")
@@ -109,9 +130,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from utils.checkpoint import CheckpointError
-    try:
-        main()
-    except (CheckpointError, ValueError) as error:    # a wrong option or checkpoint: the message, no traceback
-        sys.exit(f"error: {error}")
+    run(main)
