@@ -23,6 +23,8 @@ way, the chapter's text starting after <|endoftext|>, the characters after "\\n"
 half the context (every token past the first window sees at least half a context). nanoGPT is also scored on the
 chapter's validation probe at the chapter's evaluation times (the clock paused), for a curve of both.
 On a machine where another process is busy, --threads 1: torch's threads wait on each other otherwise.
+Run in full (no --quick, --only or --seconds), it writes bench/results/nanogpt_shakespeare_{preset}.json, the
+record chapter 09 reads (its rows, with what they were made from: the chapter's recipe and the corpus).
 """
 from __future__ import annotations
 
