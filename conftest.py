@@ -55,7 +55,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 SHARED_ARTIFACTS = {4: "builds the mini-BERT", 5: "builds the teacher", 7: "builds the student",
                     8: "serves the student and the teacher", 9: "builds the GPT that chapters 10-12 start from"}   # chapter 06 fine-tunes the downloaded MiniLM only
-FIRST = ("06_",)      # the longest notebooks of the first phase start first (make test passes --no-loadscope-reorder)
+FIRST = ("06_", "10_")      # the longest notebooks of the first phase start first (make test passes --no-loadscope-reorder)
 
 
 def pytest_configure(config):

@@ -48,7 +48,8 @@ SPLIT_FILE = DATA_DIR / "sentiment_split.json"
 CACHE_ENV, WHEELS_ENV = "FROM_ZERO_DATA_CACHE", "FROM_ZERO_WHEELS"
 HUB = {"corpus": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
        "sentiment": ("cornell-movie-review-data/rotten_tomatoes", None),
-       "model": ("sentence-transformers/all-MiniLM-L6-v2", None)}
+       "model": ("sentence-transformers/all-MiniLM-L6-v2", None),
+       "llm": ("HuggingFaceTB/SmolLM2-135M-Instruct", None)}
 SPLITS = ("train", "validation", "test")
 
 

