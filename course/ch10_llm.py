@@ -222,7 +222,8 @@ def forward_cached(model: GPT, ids: torch.Tensor, cache: KVCache, real: torch.Te
         raise ValueError(f"{past + new} positions, but the model reads at most {model.config.context}")
     positions = (real.long().cumsum(1) - 1).clamp(min=0)[:, past:]
     cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)
-    query_at, key_at = torch.arange(past, past + new)[:, None], torch.arange(past + new)[None, :]
+    query_at = torch.arange(past, past + new, device=ids.device)[:, None]
+    key_at = torch.arange(past + new, device=ids.device)[None, :]
     mask = ((key_at <= query_at) & real[:, None, :]) | (key_at == query_at)      # (batch, new, all)
     x = model.embed_tokens(ids)
     for layer, block in enumerate(model.layers):
@@ -231,35 +232,27 @@ def forward_cached(model: GPT, ids: torch.Tensor, cache: KVCache, real: torch.Te
     return model.lm_head(model.norm(x))
 
 
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (Keskar et al., 2019): the logit of every token in `seen` (batch, n; −1 = none)
-    is divided by `penalty` where positive and multiplied by it where negative."""
-    if penalty == 1.0:
-        return logits
-    counts = torch.zeros_like(logits).scatter_add_(1, seen.clamp(min=0), (seen >= 0).to(logits.dtype))
-    return torch.where(counts > 0, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
 @torch.no_grad()
 def generate_stream(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, stop: tuple[int, ...] = (),
-                    greedy: bool = True, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                    greedy: bool = True, logits_rule=None, generator: torch.Generator | None = None,
                     **knobs: Any) -> Iterator[torch.Tensor]:
     """Yield, step by step, a (batch,) tensor of new token ids (−1 once a row has produced a stop token)."""
-    width = max(len(p) for p in prompts)
+    device, width = model.embed_tokens.weight.device, max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts])
     real = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
     cache, done = KVCache(len(model.layers)), torch.zeros(len(prompts), dtype=torch.bool)
-    logits = forward_cached(model, ids, cache, real)[:, -1].float()
-    seen = ids.masked_fill(~real, -1)                          # for the repetition penalty
+    logits = forward_cached(model, ids.to(device), cache, real.to(device))[:, -1].float().cpu()
+    seen = ids.masked_fill(~real, -1)                          # what each row holds, for a logits rule
     for _ in range(max_new_tokens):
-        logits = penalize_repeats(logits, seen, repetition_penalty)
+        if logits_rule is not None:
+            logits = logits_rule(logits, seen)
         token = next_token(logits, greedy=greedy, generator=generator, **knobs).squeeze(1).masked_fill(done, -1)
         yield token
         done |= torch.isin(token, torch.tensor(stop, dtype=torch.long)) | (token < 0)
         if done.all() or len(cache) + 1 > model.config.context:
             return
         seen, real = torch.cat([seen, token[:, None]], 1), torch.cat([real, ~done[:, None]], 1)
-        logits = forward_cached(model, token.clamp(min=0)[:, None], cache, real)[:, -1].float()
+        logits = forward_cached(model, token.clamp(min=0)[:, None].to(device), cache, real.to(device))[:, -1].float().cpu()
 
 
 def generate_ids(model: GPT, prompts: list[list[int]], max_new_tokens: int, **options: Any) -> list[list[int]]:
@@ -286,6 +279,18 @@ class TextStream:
         return piece
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty: the logit of every token in `seen` (batch, n; −1 = padding) is divided by `penalty`
+    where positive and multiplied by it where negative."""
+    counts = torch.zeros_like(logits).scatter_add_(1, seen.clamp(min=0), (seen >= 0).to(logits.dtype))
+    return torch.where(counts > 0, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def repetition_penalty(penalty: float):
+    """`penalize_repeats` with θ = `penalty`, as a logits rule for generate_stream and generate_ids."""
+    return lambda logits, seen: penalize_repeats(logits, seen, penalty)
+
+
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -296,14 +301,20 @@ class Message(BaseModel):
     content: str
 
 
-class ChatRequest(BaseModel):
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):              # fields we do not implement (tools, logprobs, stop, …) are ignored
     model: str = "smollm2"
     messages: list[Message] = Field(min_length=1)
     max_tokens: int = Field(default=128, gt=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)         # 0: greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1)                           # one answer per request
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class ContextTooLong(ValueError):
@@ -351,67 +362,74 @@ class ChatModel:
         yield {"finish_reason": finish, "completion_tokens": count}
 
 
-def chat_routes(app, chat: ChatModel) -> None:
-    """Add OpenAI's POST /v1/chat/completions and GET /v1/models to a FastAPI app (chapter 08's, or a new one)."""
-    import uuid
-    from fastapi import Request
-    from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, problem: RequestValidationError):
-        first = problem.errors()[0]
-        if first["type"] == "json_invalid":
-            return error(400, f"the request body is not valid JSON ({first['ctx'].get('error', 'no detail')})")
-        where = ".".join(str(part) for part in first["loc"] if part != "body") or "the request body"
-        return error(400, f"{where}: {first['msg']}")
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": chat.name, "object": "model", "owned_by": "from-zero"}]}
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: ChatRequest):
-        if request.model != chat.name:
-            return error(404, f"model {request.model!r} is not served here; this service serves {chat.name!r}",
-                         "model_not_found")
-        try:
-            ids = chat.prompt_ids(request)
-        except ContextTooLong as problem:
-            return error(400, str(problem))
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": chat.name}
-        if request.stream:
-            return StreamingResponse(iterate_in_threadpool(sse_events(chat.pieces(request, ids), head, len(ids))),
-                                     media_type="text/event-stream")
-        *pieces, end = await run_in_threadpool(list, chat.pieces(request, ids))
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
-                             "finish_reason": end["finish_reason"]}],
-                "usage": usage(len(ids), end["completion_tokens"])}
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def sse_events(pieces: Iterator[str | dict], head: dict[str, Any], prompt_tokens: int) -> Iterator[str]:
+def sse_events(pieces: Iterator[str | dict], head: dict[str, Any], prompt_tokens: int,
+               include_usage: bool = False) -> Iterator[str]:
     """Server-sent events for a stream of pieces: a role chunk, a chunk per piece, a finish chunk, [DONE]."""
-    def chunk(delta, finish=None, **extra):
-        body = {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-    yield chunk({"role": "assistant", "content": ""})
+    def event(choices, **extra):
+        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
+    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     for piece in pieces:
-        if isinstance(piece, dict):
-            yield chunk({}, piece["finish_reason"], usage=usage(prompt_tokens, piece["completion_tokens"]))
+        if isinstance(piece, str):
+            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         else:
-            yield chunk({"content": piece})
+            yield event([{"index": 0, "delta": {}, "finish_reason": piece["finish_reason"]}])
+            if include_usage:
+                yield event([], usage=usage(prompt_tokens, piece["completion_tokens"]))
     yield "data: [DONE]\n\n"
+
+
+def chat_routes(app, chat: ChatModel) -> None:
+    """Add OpenAI's POST /v1/chat/completions (and GET /v1/models, OpenAI's error format) to a FastAPI app."""
+    from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+    from fastapi.responses import StreamingResponse
+    openai_plumbing(app, chat)
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: ChatRequest):
+        if request.model != chat.name:
+            return openai_error(404, f"model {request.model!r} is not served here; this service serves "
+                                     f"{chat.name!r}", param="model", code="model_not_found")
+        try:
+            ids = chat.prompt_ids(request)
+        except ContextTooLong as problem:
+            return openai_error(400, str(problem), param="messages", code="context_length_exceeded")
+        head = {"id": f"chatcmpl-{time.time_ns():x}", "created": int(time.time()), "model": chat.name}
+        if request.stream:
+            usage_wanted = bool(request.stream_options and request.stream_options.include_usage)
+            events = sse_events(chat.pieces(request, ids), head, len(ids), usage_wanted)
+            return StreamingResponse(iterate_in_threadpool(events), media_type="text/event-stream")
+        *pieces, end = await run_in_threadpool(list, chat.pieces(request, ids))
+        return {**head, "object": "chat.completion", "usage": usage(len(ids), end["completion_tokens"]),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                             "finish_reason": end["finish_reason"]}]}
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None):
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                   "code": code}}, status_code=status)
+
+
+def openai_plumbing(app, chat: ChatModel) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, problem: RequestValidationError):
+        first = problem.errors()[0]
+        if first["type"] == "json_invalid":
+            return openai_error(400, f"the request body is not valid JSON ({first['ctx'].get('error', '?')})")
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "the request body"
+        return openai_error(400, f"{where}: {first['msg']}", param=where)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": chat.name, "object": "model", "owned_by": "from-zero"}]}
 
 
 def create_chat_app(chat: ChatModel):
@@ -430,6 +448,7 @@ def timed_stream(client, question: str, max_tokens: int = 24) -> dict[str, float
     """Stream one greedy answer through an OpenAI client: seconds to the first piece, seconds in all, tokens."""
     started, first, tokens = time.perf_counter(), None, 0
     for chunk in client.chat.completions.create(model="smollm2", temperature=0, max_tokens=max_tokens, stream=True,
+                                                stream_options={"include_usage": True},
                                                 messages=[{"role": "user", "content": question}]):
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.perf_counter() - started
@@ -466,7 +485,8 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'SCALARS', 'STRING', 'ARRAY', 'Cursor', 'read_gguf', 'dequantize_q4_1_block', 'BLOCK_BYTES', 'tensor_bytes',
     'dequantize', 'gguf_tensor', 'gguf_config', 'GGUF_NAMES', 'our_name', 'unpermute', 'gpt_from_gguf',
     'quantize_q4_1', 'quantize_int8_rows', 'DEFAULT_SYSTEM', 'ROLES', 'chat_prompt', 'KVCache', 'cached_attention',
-    'forward_cached', 'penalize_repeats', 'generate_stream', 'generate_ids', 'TextStream', 'Message', 'ChatRequest',
-    'ContextTooLong', 'ChatModel', 'chat_routes', 'usage', 'sse_events', 'create_chat_app', 'timed_stream',
-    'load_test', 'LLM_BENCH', 'llm_bench_settings',
+    'forward_cached', 'generate_stream', 'generate_ids', 'TextStream', 'penalize_repeats', 'repetition_penalty',
+    'Message', 'StreamOptions', 'ChatRequest', 'ContextTooLong', 'ChatModel', 'usage', 'sse_events', 'chat_routes',
+    'openai_error', 'openai_plumbing', 'create_chat_app', 'timed_stream', 'load_test', 'LLM_BENCH',
+    'llm_bench_settings',
 ]

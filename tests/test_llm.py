@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerFast, RepetitionPenaltyLogitsProcess
 
 from course.ch09_gpt import GPT, GPTConfig, train_byte_bpe
 from course.ch10_llm import (ChatModel, KVCache, TextStream, chat_prompt, create_chat_app, dequantize, forward_cached,
-                             generate_ids, gpt_from_gguf, penalize_repeats, quantize_q4_1, read_gguf)
+                             generate_ids, gpt_from_gguf, penalize_repeats, quantize_q4_1, read_gguf,
+                             repetition_penalty)
 from utils.data import DataError
 from utils.models import llm_source
 from utils.serving import BackgroundServer
@@ -153,6 +154,10 @@ def test_batched_generation_equals_each_prompt_alone_and_stops_at_the_stop_token
     stop = alone[0][3]
     stopped = generate_ids(model, prompts, 12, stop=(stop,))
     assert stopped[0] == alone[0][:alone[0].index(stop) + 1]
+    assert generate_ids(model, prompts, 12, logits_rule=repetition_penalty(1.0)) == alone
+    seen_by_rule = []
+    generate_ids(model, prompts, 3, logits_rule=lambda logits, seen: seen_by_rule.append(seen.clone()) or logits)
+    assert seen_by_rule[0][0].tolist() == [-1] * 4 + prompts[0] and seen_by_rule[1].shape == (3, 8)
     assert len(generate_ids(model, [list(range(60))], 10)[0]) == 5          # stops when the context is full
     with pytest.raises(ValueError, match="at most 64"):
         generate_ids(model, [list(range(70))], 10)
@@ -211,9 +216,13 @@ def test_the_openai_client_gets_the_same_answer_whole_and_streamed(service):
     assert whole.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
     assert whole.usage.completion_tokens == len(expected) and whole.choices[0].finish_reason in ("stop", "length")
     chunks = list(client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=10,
-                                                 stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
-    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    plain = list(client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=10,
+                                                stream=True))
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason is not None
     sampled = [client.chat.completions.create(model="smollm2", messages=messages, temperature=1.0, seed=seed,
                                               max_tokens=10).choices[0].message.content for seed in (7, 7, 8)]
     assert sampled[0] == sampled[1] != sampled[2]           # a seed reproduces its draw; another seed draws again
@@ -227,6 +236,7 @@ def test_the_openai_client_gets_the_same_answer_whole_and_streamed(service):
     ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1000}, 400, "context of 160"),
     ({"messages": [{"role": "user", "content": "word " * 400}]}, 400, "longer than the model's context"),
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}]}, 404, "not served"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "n": 2}, 400, "less than or equal to 1"),
     ("{not json", 400, "not valid JSON"),
 ])
 def test_bad_requests_get_a_4xx_in_one_line_and_the_service_keeps_serving(service, body, status, words):
@@ -236,8 +246,8 @@ def test_bad_requests_get_a_4xx_in_one_line_and_the_service_keeps_serving(servic
     answer = (httpx.post(url, content=body, headers={"content-type": "application/json"}) if isinstance(body, str)
               else httpx.post(url, json=body))
     assert answer.status_code == status
-    message = answer.json()["error"]["message"]
-    assert words in message and "\n" not in message
+    error = answer.json()["error"]
+    assert words in error["message"] and "\n" not in error["message"] and set(error) == {"message", "type", "param", "code"}
     assert httpx.post(url, json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}).status_code == 200
 
 
