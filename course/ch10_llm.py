@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from course.ch09_gpt import GPT, GPTConfig, next_token, rotate
+from utils import add_to_class
+from utils.serving import openai_error, openai_plumbing
 
 
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -235,12 +237,13 @@ def forward_cached(model: GPT, ids: torch.Tensor, cache: KVCache, real: torch.Te
 @torch.no_grad()
 def generate_stream(model: GPT, prompts: list[list[int]], max_new_tokens: int, *, stop: tuple[int, ...] = (),
                     greedy: bool = True, logits_rule=None, generator: torch.Generator | None = None,
-                    **knobs: Any) -> Iterator[torch.Tensor]:
+                    cache: KVCache | None = None, **knobs: Any) -> Iterator[torch.Tensor]:
     """Yield, step by step, a (batch,) tensor of new token ids (−1 once a row has produced a stop token)."""
     device, width = model.embed_tokens.weight.device, max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts])
     real = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
-    cache, done = KVCache(len(model.layers)), torch.zeros(len(prompts), dtype=torch.bool)
+    cache = KVCache(len(model.layers)) if cache is None else cache      # an empty cache of any kind
+    done = torch.zeros(len(prompts), dtype=torch.bool)
     logits = forward_cached(model, ids.to(device), cache, real.to(device))[:, -1].float().cpu()
     seen = ids.masked_fill(~real, -1)                          # what each row holds, for a logits rule
     for _ in range(max_new_tokens):
@@ -339,27 +342,29 @@ class ChatModel:
                                  f"more than the model's context of {context}; shorten the conversation or max_tokens")
         return ids
 
-    def pieces(self, request: ChatRequest, ids: list[int]) -> Iterator[str | dict]:
-        """The answer's text pieces, then {"finish_reason": "stop" or "length", "completion_tokens": n}."""
-        generator = torch.Generator()
-        generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
-        sampling = {"greedy": True} if request.temperature == 0 else {
-            "greedy": False, "temperature": request.temperature, "top_p": request.top_p, "generator": generator}
-        steps = generate_stream(self.model, [ids], request.max_tokens, stop=self.stop, **sampling)
-        text, finish, count = TextStream(self.tokenizer), "length", 0
-        while True:
-            with self.lock:                       # one step of one request at a time
-                token = next(steps, None)
-            if token is None:
-                break
-            count += 1
-            if int(token[0]) in self.stop:
-                finish = "stop"
-                break
-            piece = text.add(int(token[0]))
-            if piece:
-                yield piece
-        yield {"finish_reason": finish, "completion_tokens": count}
+
+@add_to_class(ChatModel)
+def pieces(self, request: ChatRequest, ids: list[int]) -> Iterator[str | dict]:
+    """The answer's text pieces, then {"finish_reason": "stop" or "length", "completion_tokens": n}."""
+    generator = torch.Generator()
+    generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
+    sampling = {"greedy": True} if request.temperature == 0 else {
+        "greedy": False, "temperature": request.temperature, "top_p": request.top_p, "generator": generator}
+    steps = generate_stream(self.model, [ids], request.max_tokens, stop=self.stop, **sampling)
+    text, finish, count = TextStream(self.tokenizer), "length", 0
+    while True:
+        with self.lock:                       # one step of one request at a time
+            token = next(steps, None)
+        if token is None:
+            break
+        count += 1
+        if int(token[0]) in self.stop:
+            finish = "stop"
+            break
+        piece = text.add(int(token[0]))
+        if piece:
+            yield piece
+    yield {"finish_reason": finish, "completion_tokens": count}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -387,7 +392,7 @@ def chat_routes(app, chat: ChatModel) -> None:
     """Add OpenAI's POST /v1/chat/completions (and GET /v1/models, OpenAI's error format) to a FastAPI app."""
     from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
     from fastapi.responses import StreamingResponse
-    openai_plumbing(app, chat)
+    openai_plumbing(app, chat.name)                # utils.serving: error format, GET /v1/models
 
     @app.post("/v1/chat/completions")
     async def completions(request: ChatRequest):
@@ -409,29 +414,6 @@ def chat_routes(app, chat: ChatModel) -> None:
                              "finish_reason": end["finish_reason"]}]}
 
 
-def openai_error(status: int, message: str, param: str | None = None, code: str | None = None):
-    from fastapi.responses import JSONResponse
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                   "code": code}}, status_code=status)
-
-
-def openai_plumbing(app, chat: ChatModel) -> None:
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, problem: RequestValidationError):
-        first = problem.errors()[0]
-        if first["type"] == "json_invalid":
-            return openai_error(400, f"the request body is not valid JSON ({first['ctx'].get('error', '?')})")
-        where = ".".join(str(part) for part in first["loc"] if part != "body") or "the request body"
-        return openai_error(400, f"{where}: {first['msg']}", param=where)
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": chat.name, "object": "model", "owned_by": "from-zero"}]}
-
-
 def create_chat_app(chat: ChatModel):
     """A FastAPI app serving `chat`: OpenAI's chat routes and GET /health."""
     from fastapi import FastAPI
@@ -442,32 +424,6 @@ def create_chat_app(chat: ChatModel):
     async def health():
         return {"status": "ok", "model": chat.name, "context": chat.model.config.context}
     return app
-
-
-def timed_stream(client, question: str, max_tokens: int = 24) -> dict[str, float]:
-    """Stream one greedy answer through an OpenAI client: seconds to the first piece, seconds in all, tokens."""
-    started, first, tokens = time.perf_counter(), None, 0
-    for chunk in client.chat.completions.create(model="smollm2", temperature=0, max_tokens=max_tokens, stream=True,
-                                                stream_options={"include_usage": True},
-                                                messages=[{"role": "user", "content": question}]):
-        if chunk.choices and chunk.choices[0].delta.content and first is None:
-            first = time.perf_counter() - started
-        if getattr(chunk, "usage", None):
-            tokens = chunk.usage.completion_tokens
-    return {"first": first or float("nan"), "seconds": time.perf_counter() - started, "tokens": tokens}
-
-
-def load_test(client, questions: list[str], concurrency: int, max_tokens: int = 24) -> dict[str, float]:
-    """Send every question, `concurrency` at a time; median time to first token, tokens/s per request and in all."""
-    from concurrent.futures import ThreadPoolExecutor
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        runs = list(pool.map(lambda q: timed_stream(client, q, max_tokens), questions))
-    wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": len(runs),
-            "first token, median ms": 1000 * float(np.median([r["first"] for r in runs])),
-            "tokens/s per request": float(np.median([r["tokens"] / r["seconds"] for r in runs])),
-            "tokens/s in all": sum(r["tokens"] for r in runs) / wall}
 
 
 from utils.sweeps import SweepRecord
@@ -487,6 +443,5 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'quantize_q4_1', 'quantize_int8_rows', 'DEFAULT_SYSTEM', 'ROLES', 'chat_prompt', 'KVCache', 'cached_attention',
     'forward_cached', 'generate_stream', 'generate_ids', 'TextStream', 'penalize_repeats', 'repetition_penalty',
     'Message', 'StreamOptions', 'ChatRequest', 'ContextTooLong', 'ChatModel', 'usage', 'sse_events', 'chat_routes',
-    'openai_error', 'openai_plumbing', 'create_chat_app', 'timed_stream', 'load_test', 'LLM_BENCH',
-    'llm_bench_settings',
+    'create_chat_app', 'LLM_BENCH', 'llm_bench_settings',
 ]

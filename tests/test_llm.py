@@ -21,6 +21,8 @@ from utils.data import DataError
 from utils.models import llm_source
 from utils.serving import BackgroundServer
 
+from test_gpt import random_gpt      # random weights far from the initialisation (tests/test_gpt.py)
+
 SMOLLM2_TEMPLATE = (  # the chat template in SmolLM2-135M-Instruct's GGUF metadata
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
@@ -32,15 +34,6 @@ TYPES = {"F32": GGMLQuantizationType.F32, "Q8_0": GGMLQuantizationType.Q8_0, "Q4
 def tiny(**overrides) -> GPTConfig:
     return GPTConfig(**{"vocab_size": 96, "context": 64, "width": 64, "layers": 2, "heads": 4, "kv_heads": 2,
                         "ffn": 128, "rope_theta": 1e5, **overrides})
-
-
-def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 0.1) + (1.0 if p.dim() == 1 else 0.0))
-    return model
 
 
 def permute(weight: np.ndarray, heads: int) -> np.ndarray:

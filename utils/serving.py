@@ -1,6 +1,10 @@
 """Serving plumbing that is not the lesson: a uvicorn server on a background thread of the kernel, a free
 port, and a function called in a Python process of its own (a load-test client that must not share the
 server's GIL). Chapter 08 writes the service itself (input checks, micro-batching) and its load test.
+
+For OpenAI-shaped services (chapter 10 writes POST /v1/chat/completions): `openai_error` and `openai_plumbing`
+(OpenAI's error object for every bad request, GET /v1/models), and `load_test` (streamed requests through the
+official `openai` client, `concurrency` at a time: time to first token and tokens per second).
 """
 from __future__ import annotations
 
@@ -56,6 +60,62 @@ class BackgroundServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None):
+    """OpenAI's error answer: {"error": {"message", "type", "param", "code"}} with HTTP `status`."""
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                   "code": code}}, status_code=status)
+
+
+def openai_plumbing(app: Any, model_name: str) -> None:
+    """On a FastAPI app: requests that fail validation answered with OpenAI's error object and status 400 (the
+    first problem, in one line; FastAPI's default is a 422 with a list), and GET /v1/models naming `model_name`."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, problem: RequestValidationError):
+        first = problem.errors()[0]
+        if first["type"] == "json_invalid":
+            return openai_error(400, f"the request body is not valid JSON ({first['ctx'].get('error', '?')})")
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "the request body"
+        return openai_error(400, f"{where}: {first['msg']}", param=where)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "from-zero"}]}
+
+
+def timed_stream(client: Any, question: str, model: str, max_tokens: int = 24) -> dict[str, float]:
+    """Stream one greedy answer through an OpenAI client: seconds to the first piece, seconds in all, tokens."""
+    started, first, tokens = time.perf_counter(), None, 0
+    for chunk in client.chat.completions.create(model=model, temperature=0, max_tokens=max_tokens, stream=True,
+                                                stream_options={"include_usage": True},
+                                                messages=[{"role": "user", "content": question}]):
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter() - started
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return {"first": first if first is not None else float("nan"), "seconds": time.perf_counter() - started,
+            "tokens": tokens}
+
+
+def load_test(client: Any, questions: list[str], concurrency: int, model: str = "smollm2",
+              max_tokens: int = 24) -> dict[str, Any]:
+    """Stream every question, `concurrency` at a time, from a pool of threads: the median time to the first
+    token, the median tokens/s of one answer, and all answers' tokens over the wall time."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        runs = list(pool.map(lambda q: timed_stream(client, q, model, max_tokens), questions))
+    wall = time.perf_counter() - started
+    return {"concurrency": concurrency, "requests": len(runs),
+            "first token, median ms": 1000 * statistics.median(r["first"] for r in runs),
+            "tokens/s per request": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+            "tokens/s in all": sum(r["tokens"] for r in runs) / wall}
 
 
 def call_elsewhere(target: str, argument: Any, timeout: float = 600) -> Any:
