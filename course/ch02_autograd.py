@@ -435,19 +435,21 @@ def two_moons(n, noise, rng):
 
 
 def saved_for_backward(forward: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> tuple[int, Any]:
-    """Run `forward()` and return (bytes of the tensors saved for backward, forward's result).
-    Tensors sharing storage with `exclude` (the model's parameters: they exist anyway) are not counted."""
+    """Run `forward()` and return (bytes of the memory saved for backward, forward's result). A tensor saved by
+    two operations (a ReLU's output is also the next Linear's input) is held once and counted once; storages
+    shared with `exclude` (the model's parameters: they exist anyway) are not counted."""
     excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    sizes = []
+    held: dict[int, int] = {}                            # storage address -> its bytes
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:      # called once for every tensor autograd saves
-        if tensor.untyped_storage().data_ptr() not in excluded:
-            sizes.append(tensor.numel() * tensor.element_size())
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            held[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = forward()
-    return sum(sizes), result
+    return sum(held.values()), result
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
