@@ -182,7 +182,7 @@ def load_llm(source: str | None = None):
     where, gguf_file = llm_source(source)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if gguf_file and not transformers.utils.is_gguf_available():
-        raise DataError("reading a GGUF file needs the gguf package: pip install 'gguf>=0.10'")
+        raise DataError("reading a GGUF file needs the gguf package: pip install 'gguf>=0.16'")
     from unittest import mock
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     # transformers draws a progress bar of its own while it dequantizes a GGUF file, whatever its settings say
