@@ -163,14 +163,7 @@ def quantize_q4_1(weight: np.ndarray) -> np.ndarray:
     return (d * q + m).reshape(weight.shape)
 
 
-def quantize_int8_rows(weight: np.ndarray) -> np.ndarray:
-    """Chapter 07's int8, one scale per row: w ≈ s · round(w / s) with s = max|row| / 127."""
-    scale = np.abs(weight).max(axis=1, keepdims=True) / 127
-    return np.round(weight / np.where(scale == 0, 1, scale)) * scale
-
-
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-ROLES = ("system", "user", "assistant")
 
 
 def chat_prompt(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -246,12 +239,13 @@ def generate_stream(model: GPT, prompts: list[list[int]], max_new_tokens: int, *
     done = torch.zeros(len(prompts), dtype=torch.bool)
     logits = forward_cached(model, ids.to(device), cache, real.to(device))[:, -1].float().cpu()
     seen = ids.masked_fill(~real, -1)                          # what each row holds, for a logits rule
+    stop_ids = torch.tensor(stop, dtype=torch.long)
     for _ in range(max_new_tokens):
         if logits_rule is not None:
             logits = logits_rule(logits, seen)
         token = next_token(logits, greedy=greedy, generator=generator, **knobs).squeeze(1).masked_fill(done, -1)
         yield token
-        done |= torch.isin(token, torch.tensor(stop, dtype=torch.long)) | (token < 0)
+        done |= torch.isin(token, stop_ids) | (token < 0)
         if done.all() or len(cache) + 1 > model.config.context:
             return
         seen, real = torch.cat([seen, token[:, None]], 1), torch.cat([real, ~done[:, None]], 1)
@@ -440,8 +434,8 @@ def llm_bench_settings() -> dict[str, Any]:
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'SCALARS', 'STRING', 'ARRAY', 'Cursor', 'read_gguf', 'dequantize_q4_1_block', 'BLOCK_BYTES', 'tensor_bytes',
     'dequantize', 'gguf_tensor', 'gguf_config', 'GGUF_NAMES', 'our_name', 'unpermute', 'gpt_from_gguf',
-    'quantize_q4_1', 'quantize_int8_rows', 'DEFAULT_SYSTEM', 'ROLES', 'chat_prompt', 'KVCache', 'cached_attention',
-    'forward_cached', 'generate_stream', 'generate_ids', 'TextStream', 'penalize_repeats', 'repetition_penalty',
-    'Message', 'StreamOptions', 'ChatRequest', 'ContextTooLong', 'ChatModel', 'usage', 'sse_events', 'chat_routes',
+    'quantize_q4_1', 'DEFAULT_SYSTEM', 'chat_prompt', 'KVCache', 'cached_attention', 'forward_cached',
+    'generate_stream', 'generate_ids', 'TextStream', 'penalize_repeats', 'repetition_penalty', 'Message',
+    'StreamOptions', 'ChatRequest', 'ContextTooLong', 'ChatModel', 'usage', 'sse_events', 'chat_routes',
     'create_chat_app', 'LLM_BENCH', 'llm_bench_settings',
 ]

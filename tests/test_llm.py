@@ -68,17 +68,14 @@ def write_gguf(model: GPT, path, kind: str = "F32") -> dict[str, np.ndarray]:
             gguf_name = f"blk.{layer}.{parts[rest.removesuffix('.weight')]}.weight"
         else:
             gguf_name = names[name]
-        array = weight.numpy().astype(np.float32)
+        ours = weight.numpy().astype(np.float32)
+        array = ours
         if ".attn_q." in gguf_name or ".attn_k." in gguf_name:
-            array = permute(array, c.heads if ".attn_q." in gguf_name else c.kv_heads)
-        qtype = TYPES[kind] if array.ndim == 2 else GGMLQuantizationType.F32
-        data = gguf_quantize(array, qtype)
-        writer.add_tensor(gguf_name, data, raw_dtype=qtype)
-        back = gguf_dequantize(data, qtype).reshape(array.shape)
-        if ".attn_q." in gguf_name or ".attn_k." in gguf_name:      # stored permuted; compare in our row order
-            heads = c.heads if ".attn_q." in gguf_name else c.kv_heads
-            back = back.reshape(heads, back.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(back.shape)
-        stored[name] = back
+            array = permute(ours, c.heads if ".attn_q." in gguf_name else c.kv_heads)
+        qtype = TYPES[kind] if ours.ndim == 2 else GGMLQuantizationType.F32
+        writer.add_tensor(gguf_name, gguf_quantize(array, qtype), raw_dtype=qtype)
+        # blocks run along rows and the permutation moves whole rows: quantizing in our row order stores the same values
+        stored[name] = gguf_dequantize(gguf_quantize(ours, qtype), qtype).reshape(ours.shape)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
