@@ -3,7 +3,7 @@
 
 
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -127,14 +127,32 @@ def sft_batch(pairs: list[tuple[list[int], list[int]]], mask_prompt: bool = True
 
 
 class SFTLoss(nn.Module):
-    """The mean next-token cross-entropy over the positions whose label is not IGNORE."""
+    """The mean next-token cross-entropy over the positions whose label is not IGNORE (lm_head only there)."""
     def __init__(self, model: GPT):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        m, seq = self.model, input_ids.shape[1]
+        x = m.embed_tokens(input_ids)
+        for block in m.layers:                               # chapter 09's GPT.forward, without the head
+            x = block(x, m.cos[:seq], m.sin[:seq])
+        counted = labels != IGNORE
+        return F.cross_entropy(m.lm_head(m.norm(x[counted])).float(), labels[counted])   # float32, as transformers does
+
+
+def length_grouped(pairs: list[tuple[list[int], list[int]]], size: int, generator: torch.Generator):
+    """Batches of `size` example indices, endlessly: shuffled, sorted by length within pools of up to 32
+    batches, the batches shuffled again."""
+    pool = min(32, len(pairs) // size) * size
+    while True:
+        order = torch.randperm(len(pairs), generator=generator).tolist()
+        groups = []
+        for start in range(0, len(order) - pool + 1, pool):
+            by_length = sorted(order[start:start + pool], key=lambda j: len(pairs[j][0]) + len(pairs[j][1]))
+            groups += [by_length[i:i + size] for i in range(0, pool, size)]
+        for k in torch.randperm(len(groups), generator=generator).tolist():
+            yield groups[k]
 
 
 @dataclass(frozen=True)
@@ -142,7 +160,8 @@ class SFTSettings:
     steps: int = 400
     batch_size: int = 16
     warmup: int = 20
-    rates: tuple[tuple[str, tuple[float, ...]], ...] = (("pretrained", (1e-3, 2e-3, 4e-3)), ("random", (5e-4, 1e-3, 2e-3)))
+    rates: tuple[tuple[str, tuple[float, ...]], ...] = (("pretrained", (1e-3, 2e-3, 4e-3)), ("random", (5e-4, 1e-3, 2e-3, 4e-3)))
+    every_token_rates: tuple[float, ...] = (2e-3, 4e-3, 8e-3)     # section 4's arm: the loss on every token
     seeds: tuple[int, ...] = (0, 1, 2)
     train_per_task: int = 2000
     test_per_task: int = 60
@@ -168,21 +187,12 @@ def sft(model: GPT, pairs: list[tuple[list[int], list[int]]], settings: SFTSetti
         mask_prompt: bool = True, **train_options: Any):
     """Fine-tune `model` in place on encoded (prompt, answer) pairs; returns utils.train's history."""
     from utils.loop import train
-    generator = seed_everything(seed)
-    size = settings.batch_size
-    if len(pairs) < size:
-        raise ValueError(f"{len(pairs)} examples cannot fill one batch of {size}: give more examples or a smaller batch_size")
-    pool = min(32, len(pairs) // size) * size       # sort lengths within pools of up to 32 batches
-    def batches():                                  # shuffled; similar lengths together, to pad little
-        while True:
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-            groups = []
-            for start in range(0, len(order) - pool + 1, pool):
-                by_length = sorted(order[start:start + pool], key=lambda j: len(pairs[j][0]) + len(pairs[j][1]))
-                groups += [by_length[i:i + size] for i in range(0, pool, size)]
-            for k in torch.randperm(len(groups), generator=generator).tolist():
-                yield sft_batch([pairs[j] for j in groups[k]], mask_prompt)
-    history = train(SFTLoss(model), batches(), steps=settings.steps, lr=lr, warmup=settings.warmup,
+    if len(pairs) < settings.batch_size:
+        raise ValueError(f"{len(pairs)} examples cannot fill one batch of {settings.batch_size}: give more examples "
+                         "or a smaller batch_size")
+    groups = length_grouped(pairs, settings.batch_size, seed_everything(seed))
+    batches = (sft_batch([pairs[j] for j in group], mask_prompt) for group in groups)
+    history = train(SFTLoss(model), batches, steps=settings.steps, lr=lr, warmup=settings.warmup,
                     schedule="cosine", weight_decay=0.0, **{"checkpoint_dir": None, "progress": False, **train_options})
     model.eval()
     return history
@@ -233,6 +243,6 @@ def trl_loss(model: GPT, tokenizer: Tokenizer, rows: list[dict[str, str]], folde
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'WORDS', 'ANIMALS', 'TASKS', 'SEEN', 'HELD_OUT', 'word_task', 'make_examples', 'MAX_REVIEW_CHARS',
     'short_reviews', 'instruction_splits', 'CHAT_TOKENS', 'SYSTEM', 'with_chat_tokens', 'encode_example', 'IGNORE',
-    'sft_batch', 'SFTLoss', 'SFTSettings', 'SFT_PRESETS', 'sft_settings', 'start_model', 'sft', 'answers',
-    'exact_match', 'trl_loss',
+    'sft_batch', 'SFTLoss', 'length_grouped', 'SFTSettings', 'SFT_PRESETS', 'sft_settings', 'start_model', 'sft',
+    'answers', 'exact_match', 'trl_loss',
 ]
