@@ -74,13 +74,14 @@ def short_reviews(data, split: str) -> list[tuple[str, int]]:
 def instruction_splits(data, train_per_task: int = 2000, test_per_task: int = 60, seed: int = 0) -> dict[str, list]:
     """train; validation (seen phrasings); test (seen phrasings); held-out (phrasings 4-5) — new prompts only."""
     rng = random.Random(seed)
+    reviews = {split: short_reviews(data, split) for split in ("train", "validation", "test")}
     splits = {"train": [e for task, p in TASKS.items()
-                        for e in make_examples(task, train_per_task, p[SEEN], rng, short_reviews(data, "train"))]}
+                        for e in make_examples(task, train_per_task, p[SEEN], rng, reviews["train"])]}
     trained = {row["prompt"] for row in splits["train"]}
-    for name, phrasings, reviews in (("validation", SEEN, "validation"), ("test", SEEN, "test"),
-                                     ("held-out", HELD_OUT, "test")):
+    for name, phrasings, source in (("validation", SEEN, "validation"), ("test", SEEN, "test"),
+                                    ("held-out", HELD_OUT, "test")):
         rows = [e for task, p in TASKS.items()
-                for e in make_examples(task, 2 * test_per_task, p[phrasings], rng, short_reviews(data, reviews))]
+                for e in make_examples(task, 2 * test_per_task, p[phrasings], rng, reviews[source])]
         rows = [row for row in rows if row["prompt"] not in trained]
         splits[name] = [row for task in TASKS for row in [r for r in rows if r["task"] == task][:test_per_task]]
     return splits
@@ -103,10 +104,14 @@ def with_chat_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
     return grown.eval(), tokenizer
 
 
+def prompt_text(row: dict[str, str]) -> str:
+    """The chat up to the assistant's turn: our system message, the instruction."""
+    return chat_prompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": row["prompt"]}])
+
+
 def encode_example(tokenizer: Tokenizer, row: dict[str, str]) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids): the chat up to the assistant's turn; the answer and <|im_end|>."""
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": row["prompt"]}]
-    return tokenizer.encode(chat_prompt(messages)).ids, tokenizer.encode(row["answer"] + "<|im_end|>").ids
+    return tokenizer.encode(prompt_text(row)).ids, tokenizer.encode(row["answer"] + "<|im_end|>").ids
 
 
 IGNORE = -100                                           # cross_entropy's ignore_index
@@ -226,9 +231,7 @@ def trl_loss(model: GPT, tokenizer: Tokenizer, rows: list[dict[str, str]], folde
     from trl import SFTConfig, SFTTrainer
     from course.ch09_gpt import to_llama
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    system = {"role": "system", "content": SYSTEM}
-    dataset = Dataset.from_list([{"prompt": chat_prompt([system, {"role": "user", "content": r["prompt"]}]),
-                                  "completion": r["answer"] + "<|im_end|>"} for r in rows])
+    dataset = Dataset.from_list([{"prompt": prompt_text(r), "completion": r["answer"] + "<|im_end|>"} for r in rows])
     llama = to_llama(model).double()
     with warnings.catch_warnings():             # transformers' deprecation notices about arguments trl passes
         warnings.simplefilter("ignore", FutureWarning)
@@ -242,7 +245,7 @@ def trl_loss(model: GPT, tokenizer: Tokenizer, rows: list[dict[str, str]], folde
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'WORDS', 'ANIMALS', 'TASKS', 'SEEN', 'HELD_OUT', 'word_task', 'make_examples', 'MAX_REVIEW_CHARS',
-    'short_reviews', 'instruction_splits', 'CHAT_TOKENS', 'SYSTEM', 'with_chat_tokens', 'encode_example', 'IGNORE',
-    'sft_batch', 'SFTLoss', 'length_grouped', 'SFTSettings', 'SFT_PRESETS', 'sft_settings', 'start_model', 'sft',
-    'answers', 'exact_match', 'trl_loss',
+    'short_reviews', 'instruction_splits', 'CHAT_TOKENS', 'SYSTEM', 'with_chat_tokens', 'prompt_text',
+    'encode_example', 'IGNORE', 'sft_batch', 'SFTLoss', 'length_grouped', 'SFTSettings', 'SFT_PRESETS',
+    'sft_settings', 'start_model', 'sft', 'answers', 'exact_match', 'trl_loss',
 ]
