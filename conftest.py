@@ -54,8 +54,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 SHARED_ARTIFACTS = {4: "builds the mini-BERT", 5: "builds the teacher", 7: "builds the student",
-                    8: "serves the student and the teacher", 9: "builds the GPT that chapters 10-12 start from",
-                    11: "tunes chapter 09's GPT"}   # chapter 06 fine-tunes the downloaded MiniLM only
+                    8: "serves the student and the teacher", 9: "builds the GPT that chapter 11 starts from",
+                    11: "tunes chapter 09's GPT", 12: "judges with the teacher and the student"}   # chapter 06 fine-tunes the downloaded MiniLM only
 FIRST = ("06_", "10_")      # the longest notebooks of the first phase start first (make test passes --no-loadscope-reorder)
 
 
