@@ -174,17 +174,21 @@ def dpo(reference: GPT, pairs: list[dict[str, Any]], ref_logps: torch.Tensor, se
     generator = seed_everything(settings.seed)
     policy = with_lora(reference, settings.lora_rank)
     steps = settings.epochs * (len(pairs) // settings.batch_size)
-    history = train(DPOLoss(policy, beta, loss), dpo_batches(pairs, ref_logps, settings.batch_size, settings.epochs, generator),
-                    steps=steps, lr=lr, weight_decay=0.0, **{"warmup": max(1, steps // 10), "schedule": "cosine",
-                                                             "checkpoint_dir": None, "progress": False, **train_options})
+    batches = dpo_batches(pairs, ref_logps, settings.batch_size, settings.epochs, generator)
+    options = {"warmup": max(1, steps // 10), "schedule": "cosine", "checkpoint_dir": None, "progress": False, **train_options}
+    history = train(DPOLoss(policy, beta, loss), batches, steps=steps, lr=lr, weight_decay=0.0, **options)
     policy.eval()
     return policy, history
+
+
+FLUENT = 1.5                    # a run is fluent while the reference's perplexity on it is at most 1.5× the untuned model's
 
 
 @torch.no_grad()
 def distance_and_fluency(policy: nn.Module, reference: nn.Module, prompt_ids: list[list[int]], new_ids: list[list[int]],
                          batch_size: int = 32) -> dict[str, float]:
-    """KL estimate (mean log π − log π_ref per continuation, nats) and the reference's perplexity on the continuations."""
+    """Mean log π − log π_ref per continuation (nats; the KL when sampled at temperature 1) and the reference's
+    perplexity on the continuations."""
     policy_logp, ref_logp = [], []
     for i in range(0, len(new_ids), batch_size):
         batch = completion_batch(prompt_ids[i:i + batch_size], new_ids[i:i + batch_size])
@@ -249,6 +253,7 @@ def trl_dpo_loss(policy: nn.Module, reference: GPT, tokenizer: Tokenizer, rows: 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'END_OF_TEXT', 'IM_END', 'DPOSettings', 'DPO_PRESETS', 'dpo_settings', 'OPENING_WORDS', 'openings',
     'continuations', 'positive_probability', 'preference_pairs', 'completion_batch', 'pair_batch', 'sequence_logp',
-    'dpo_loss', 'pair_logps', 'DPOLoss', 'LORA_TARGETS', 'with_lora', 'dpo_batches', 'dpo', 'distance_and_fluency',
-    'judged_continuations', 'vader_positive', 'TOKEN', 'word_counts', 'repeats_a_token', 'trl_dpo_loss',
+    'dpo_loss', 'pair_logps', 'DPOLoss', 'LORA_TARGETS', 'with_lora', 'dpo_batches', 'dpo', 'FLUENT',
+    'distance_and_fluency', 'judged_continuations', 'vader_positive', 'TOKEN', 'word_counts', 'repeats_a_token',
+    'trl_dpo_loss',
 ]

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from course.ch09_gpt import train_byte_bpe
 from course.ch11_instruction_tuning import with_chat_tokens
 from course.ch12_preference_tuning import (DPOLoss, completion_batch, distance_and_fluency, dpo, dpo_loss, dpo_settings,
-                                           openings, pair_logps, preference_pairs, sequence_logp, trl_dpo_loss,
-                                           vader_positive)
+                                           openings, pair_batch, pair_logps, preference_pairs, repeats_a_token,
+                                           sequence_logp, trl_dpo_loss, vader_positive, with_lora, word_counts)
 
 from test_gpt import random_gpt, tiny      # random weights far from the initialisation (tests/test_gpt.py)
 
@@ -100,6 +100,9 @@ def test_a_short_dpo_run_learns_the_judges_order(tiny_gpt):
     logps = pair_logps(policy, pairs)
     assert ((logps[:, 0] - ref_logps[:, 0]) > (logps[:, 1] - ref_logps[:, 1])).all()
     assert torch.equal(pair_logps(reference, pairs), ref_logps)                   # the reference did not move
+    with torch.no_grad():                                                         # a fresh LoRA policy is the reference
+        fresh = DPOLoss(with_lora(reference, 4), 0.5)(**pair_batch(pairs[:4]), ref_logps=ref_logps[:4])
+    assert fresh.item() == pytest.approx(math.log(2), abs=1e-6)
     assert isinstance(DPOLoss(policy, 0.5)(**{**completion_batch([pairs[0]["prompt"]] * 2, [good, bad]),
                                                "ref_logps": ref_logps[:1]}).item(), float)
     with pytest.raises(ValueError, match="cannot fill one batch"):
@@ -111,6 +114,11 @@ def test_the_reference_is_at_kl_zero_from_itself(tiny_gpt):
     prompts, new = [tokenizer.encode("The film").ids] * 2, [tokenizer.encode(" is fine.").ids, tokenizer.encode(" is dull").ids]
     measured = distance_and_fluency(model, model, prompts, new)
     assert measured["kl"] == 0 and measured["perplexity"] > 1
+
+
+def test_word_counts_see_punctuation_and_repetition():
+    assert word_counts(["A fine, fine film."]) == {"a": 1, "fine": 2, ",": 1, "film": 1, ".": 1}
+    assert repeats_a_token(",,,, and") and repeats_a_token("good good good good") and not repeats_a_token("a fine film, truly")
 
 
 def test_vader_reads_plain_words():
