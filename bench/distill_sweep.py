@@ -4,6 +4,9 @@
     python -m bench.distill_sweep --preset gpu
     python -m bench.distill_sweep --reuse         # keep the committed runs, train only what the settings add
                                                   # (e.g. a learning rate added to an arm's grid)
+    python -m bench.distill_sweep --new-mini-bert # chapter 04's recipe changed: train again only the student that
+                                                  # starts from its weights (the others read its tokenizer alone,
+                                                  # which depends on the text, not on the recipe)
 
 Writes bench/results/distill_sweep_<preset>.json (settings; the identity of the sentiment data, the teacher
 and chapter 04's mini-BERT; versions, machine, one row per run), which chapter 07 reads: it refuses results
@@ -12,19 +15,40 @@ from the notebook); the teacher's logits come from the same cache the notebook u
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict
 
 import utils
 from course.ch05_fine_tuning import prepare
-from course.ch07_distillation import ARMS, DISTILL_SWEEP, distill_settings, inputs_identity, sweep, transfer_set
+from course.ch07_distillation import (ARMS, DISTILL_SWEEP, STUDENTS, distill_settings, inputs_identity, sweep,
+                                      transfer_set)
 from utils.data import load_sentiment
 from utils.sweeps import make_sweep, sweep_arguments
 
 
+def committed_without_pretrained(preset: str, settings: dict, inputs: dict) -> dict:
+    """The committed runs of every student but those that start from chapter 04's weights, refused unless the
+    record was made with these settings, sentiment set and teacher. The kept students read chapter 04's
+    tokenizer only, which is trained from the text alone (the same text, whatever the pretraining recipe)."""
+    record = json.loads(DISTILL_SWEEP.path(preset).read_text())
+    others = {k: v for k, v in inputs.items() if k != "mini_bert"}
+    if record["settings"] != json.loads(json.dumps(settings)) or \
+            {k: v for k, v in record["inputs"].items() if k != "mini_bert"} != others:
+        raise SystemExit("error: the committed sweep was made with other settings, sentiment set or teacher: "
+                         "run `python -m bench.distill_sweep` without --new-mini-bert")
+    pretrained = {arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert"}
+    kept = [row for row in record["rows"] if row["arm"] not in pretrained]
+    return {"rows": kept, "seconds": sum(row["seconds"] for row in kept),     # the kept runs' own time
+            "provenance": {key: record[key] for key in ("machine", "processor", "versions") if key in record}}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sweep_arguments(__doc__.splitlines()[0], argv)
+    parser_argv = list(sys.argv[1:] if argv is None else argv)
+    new_mini_bert = "--new-mini-bert" in parser_argv
+    args = sweep_arguments(__doc__.splitlines()[0], [a for a in parser_argv if a != "--new-mini-bert"])
+    args.more_flags = ["--new-mini-bert"] if new_mini_bert else []
     preset = args.preset or utils.preset()
     settings = distill_settings(preset)
     data = load_sentiment()
@@ -37,10 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     def show(row):
         print(f"{row['arm']:36s} lr {row['lr']:<7g} seed {row['seed']}: validation {100 * row['validation accuracy']:.1f}%"
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
-    make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs_identity(data), by="arm",
-               sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier),
-               started=started)                  # the transfer set's time counts too
+    inputs = inputs_identity(data)
+    kept = committed_without_pretrained(preset, asdict(settings), inputs) if new_mini_bert else None
+    path = make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs, by="arm",
+                      sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier),
+                      started=started, earlier=kept)    # the transfer set's time counts too
+    if new_mini_bert:
+        keep_provenance(path, kept["provenance"])
     return 0
+
+
+def keep_provenance(path, provenance: dict) -> None:
+    """Most runs of a --new-mini-bert record were made where the committed record was: it keeps that machine and
+    those versions (so re-runs elsewhere are compared within the noise), and says where the new runs were made."""
+    record = json.loads(path.read_text())
+    fields = ("machine", "processor", "versions")
+    record["added"] = {"arms": [arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert"],
+                       **{key: record[key] for key in fields if key in record}}
+    for key in fields:
+        if key in provenance:
+            record[key] = provenance[key]
+        else:
+            record.pop(key, None)
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Chapter 04's pretraining against chapter 05's fine-tuning: how much pretraining compute before it pays off?
+"""BERT's pretraining recipe at chapter 04's model size against chapter 05's fine-tuning: how much pretraining
+compute before it pays off?
 
     python -m bench.pretraining_scaling                 # this machine's preset (cpu without a GPU): ~18 min on 2 cores
     python -m bench.pretraining_scaling --preset gpu    # budgets up to 4 x the GPU recipe's 20,000 steps
 
 For a geometric series of pretraining budgets (0 = random weights, then 1/4, 1/2, 1, 2 and 4 times the chapter's
-steps, each a full run with its own warmup and decay), it pretrains chapter 04's recipe with chapter 04's code
-(`pretrained_mini_bert`, only `steps` changed: the chapter's own budget is its cached artifact), scores masked-token
+steps, each a full run with its own warmup and decay), it pretrains chapter 04's model with BERT's own recipe
+(`bert_style()`: learned positions, 15% hidden, dropout 0.1) and chapter 04's code (`pretrained_mini_bert`, only
+`steps` changed), scores masked-token
 accuracy at the [MASK] positions of WikiText-2 test (and the unigram guess there), then fine-tunes at 100, 300 and
 1,000 labels with chapter 05's protocol: its budget per size, its learning rates tried with seed 0 and the best on
 validation accuracy kept, seeds 0-2 at that rate, accuracy on the test split. Writes
@@ -23,7 +25,7 @@ import torch
 
 import utils
 from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,
-                                     settings_for, unigram_baseline)
+                                     bert_style, unigram_baseline)
 from course.ch05_fine_tuning import (SCALING, SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run_arm,
                                      scaling_identity, scaling_settings)
 from utils.data import load_corpus, load_sentiment
@@ -80,7 +82,7 @@ def protocol(label: dict, sizes, rates, seeds, runner, show: str = "") -> list[d
 def main(argv: list[str] | None = None) -> int:
     args = sweep_arguments(__doc__.splitlines()[0], argv, reuse=False)   # its pretrained models are cached already
     preset = args.preset or utils.preset()
-    recipe, experiment = settings_for(preset), experiment_for(preset)
+    recipe, experiment = bert_style(preset), experiment_for(preset)
     data = load_sentiment()
     prepared = prepare(data, "mini-bert")                  # the course's WordPiece: the same for every budget
     reference = pretrained_mini_bert(recipe)               # the chapter's own artifact (built if missing)

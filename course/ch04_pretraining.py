@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from tokenizers import models as tokenizer_models
 from torch import nn
 from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
+from course.ch03_model_anatomy import Encoder
 from utils import History, cache_root, digest, evaluating, get_or_build, made_from, seed_everything, train
 from utils.data import load_corpus, load_sentiment
 from utils.hardware import for_preset
 from utils.models import bert_config
 
 
-POSITIONS = ("learned", "sinusoidal")     # how the position vectors start (see section 5)
+POSITIONS = ("learned", "sinusoidal")     # how the position vectors start (section 5)
 
 
 @dataclass(frozen=True)
@@ -34,37 +36,49 @@ class PretrainSettings:
     steps: int = 1_100
     lr: float = 1e-3
     warmup: float = 0.06
-    mask_probability: float = 0.15
-    dropout: float = 0.1            # in the encoder while pretraining (BERT: 0.1); 0 makes one process = N
+    mask_probability: float = 0.4   # the share of tokens hidden (BERT: 0.15)
+    dropout: float = 0.0            # in the encoder while pretraining (BERT: 0.1)
     seed: int = 0
     in_domain: bool = True          # add the unlabelled sentiment *training* sentences to the corpus
-    wikitext: bool = True           # False: the sentiment training sentences alone (task-adaptive pretraining)
-    positions: str = "learned"      # "sinusoidal": the position vectors start as sine waves (and are trained)
+    wikitext: bool = True           # False: the sentiment training sentences alone
+    positions: str = "sinusoidal"   # the position vectors start as sine waves (BERT: "learned", from random)
     validation_blocks: int = 512    # of WikiText-2 validation, masked once, scored at each evaluation
-    evaluations: int = 5
+    evaluations: int = 11
 
-    def __post_init__(self):        # a wrong recipe fails here, not after the tokenizer has trained
-        if not 0 < self.mask_probability < 1:
-            raise ValueError(f"mask_probability is the share of tokens to mask: give a number between 0 and 1 "
-                             f"(BERT: 0.15), got {self.mask_probability!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout is a probability: give a number in [0, 1) (BERT: 0.1), got {self.dropout!r}")
-        if not (self.wikitext or self.in_domain):
-            raise ValueError("the corpus would be empty: keep wikitext=True or in_domain=True")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.vocab_size <= 5 or self.steps < 1 or self.block_size < 3:
-            raise ValueError(f"vocab_size must exceed the 5 special tokens, steps be >= 1 and block_size >= 3 "
-                             f"([CLS] text [SEP]); got {self.vocab_size}, {self.steps}, {self.block_size}")
+    def __post_init__(self):        # a recipe that cannot work fails here, before the tokenizer trains
+        refuse_impossible(self)
+
+
+def refuse_impossible(s: PretrainSettings) -> None:
+    """A one-line error for a recipe that cannot work."""
+    checks = [
+        (0 < s.mask_probability < 1, "mask_probability is the share of tokens to hide: give a number between "
+                                     f"0 and 1 (BERT: 0.15), got {s.mask_probability!r}"),
+        (0 <= s.dropout < 1, f"dropout is a probability: give a number in [0, 1) (BERT: 0.1), got {s.dropout!r}"),
+        (s.wikitext or s.in_domain, "the corpus would be empty: keep wikitext=True or in_domain=True"),
+        (s.positions in POSITIONS, f"positions must be one of {POSITIONS}, got {s.positions!r}"),
+        (s.vocab_size > 5 and s.steps >= 1 and s.block_size >= 3, "vocab_size must exceed the 5 special tokens, "
+         f"steps be >= 1 and block_size >= 3 ([CLS] text [SEP]); got {s.vocab_size}, {s.steps}, {s.block_size}"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise ValueError(problem)
 
 
 SETTINGS = {"cpu": PretrainSettings(),
             "gpu": PretrainSettings(model="small", block_size=128, batch_size=128, steps=20_000, lr=5e-4)}
+BERT_STYLE = {"mask_probability": 0.15, "dropout": 0.1, "positions": "learned", "evaluations": 5}
 
 
 def settings_for(preset: str | None = None, **overrides) -> PretrainSettings:
     """The pretraining recipe for the "cpu" or "gpu" preset (default: utils.preset()), with overrides."""
     return replace(for_preset(SETTINGS, preset), **overrides)
+
+
+def bert_style(preset: str | None = None, **overrides) -> PretrainSettings:
+    """The preset's recipe with BERT's own choices (15% hidden, dropout 0.1, learned positions; scored five
+    times): the recipe chapter 05's benches start from."""
+    return settings_for(preset, **{**BERT_STYLE, **overrides})
 
 
 def corpus(settings: PretrainSettings) -> list[str]:
@@ -74,6 +88,62 @@ def corpus(settings: PretrainSettings) -> list[str]:
     if settings.in_domain:
         lines = lines + list(load_sentiment()["train"]["text"])
     return lines
+
+
+def spell(word: str) -> list[str]:
+    """A word as WordPiece's starting pieces: its first character, then "##" + each following one."""
+    return [word[0], *("##" + c for c in word[1:])]
+
+
+def merge_pair(pieces: list[str], a: str, b: str) -> list[str]:
+    """`pieces` with every neighbouring (a, b) joined into one piece ("##" dropped inside the join)."""
+    out, i = [], 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == (a, b):
+            out.append(a + b.removeprefix("##"))
+            i += 2
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
+def pair_scores(words: Counter, spelled: dict[str, list[str]]) -> dict[tuple[str, str], tuple[int, float]]:
+    """Each neighbouring pair of pieces: (count(ab), WordPiece's score count(ab) / (count(a) · count(b)))."""
+    pieces, pairs = Counter(), Counter()
+    for word, n in words.items():
+        parts = spelled[word]
+        for part in parts:
+            pieces[part] += n
+        for pair in zip(parts, parts[1:]):
+            pairs[pair] += n
+    return {(a, b): (n, n / (pieces[a] * pieces[b])) for (a, b), n in pairs.items()}
+
+
+def train_by_hand(words: Counter, merges: int, rule: str = "wordpiece") -> tuple[list, dict[str, list[str]]]:
+    """`merges` times, join the best pair everywhere ("wordpiece": by score; "bpe": by count). Returns the
+    merges in order and each word's pieces at the end."""
+    spelled, done = {word: spell(word) for word in words}, []
+    for _ in range(merges):
+        scores = pair_scores(words, spelled)
+        best = max(scores, key=lambda pair: (scores[pair][0 if rule == "bpe" else 1], pair))
+        done.append(best)
+        spelled = {word: merge_pair(parts, *best) for word, parts in spelled.items()}
+    return done, spelled
+
+
+def wordpiece_tokenize(word: str, vocabulary, unknown: str = "[UNK]") -> list[str]:
+    """WordPiece's tokenizing rule: greedily the longest vocabulary piece, from the left; [UNK] if none fits."""
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start and (word[start:end] if start == 0 else "##" + word[start:end]) not in vocabulary:
+            end -= 1
+        if end == start:
+            return [unknown]
+        pieces.append(word[start:end] if start == 0 else "##" + word[start:end])
+        start = end
+    return pieces
 
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -168,33 +238,91 @@ def pack_blocks(lines: list[str], tokenizer, block_size: int) -> torch.Tensor:
     return torch.cat([cls, blocks, sep], dim=1)
 
 
-class MaskedOnlyMLM(nn.Module):
-    """A BertForMaskedLM whose vocabulary-sized output layer runs only where labels != -100."""
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense -> GELU -> LayerNorm, then scores against the (tied) word embeddings."""
 
-    def __init__(self, model):
+    def __init__(self, hidden: int, vocab: int, eps: float = 1e-12):
         super().__init__()
-        self.model = model
+        self.dense, self.norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab))
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        hidden = self.model.bert(input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """hidden: (..., hidden) -> scores over the vocabulary (..., vocab)."""
+        h = self.norm(nn.functional.gelu(self.dense(hidden)))
+        return h @ word_embeddings.T + self.bias
+
+
+class MaskedLM(nn.Module):
+    """Chapter 03's Encoder with an MLM head; `config` is the transformers BertConfig of the same sizes."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder.from_config(config)
+        self.head = MLMHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(input_ids)
+        words = self.encoder.embeddings.token.weight
+        if labels is None:
+            return self.head(hidden, words)                         # (batch, length, vocab)
         keep = labels != -100
-        logits = self.model.cls(hidden[keep])                       # (masked positions, vocabulary)
+        logits = self.head(hidden[keep], words)                     # (masked positions, vocab) only
         return nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
-def new_model(settings: PretrainSettings, tokenizer) -> BertForMaskedLM:
-    config = bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings),
-                         hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
-    model = BertForMaskedLM(config)
-    if settings.positions == "sinusoidal":
-        table = model.bert.embeddings.position_embeddings.weight
-        with torch.no_grad():
-            table.copy_(SINUSOID_SCALE * sinusoids(*table.shape))
+@torch.no_grad()
+def init_like_bert(model: nn.Module, std: float = 0.02) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
     return model
 
 
-SINUSOID_SCALE = 0.2      # the waves' amplitude; the word vectors start at about 0.02
+def mini_bert_config(settings: PretrainSettings, tokenizer):
+    return bert_config(settings.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       max_position_embeddings=max(settings.block_size, bert_config(settings.model).max_position_embeddings),
+                       hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
+
+
+def bert_pairs(ours: MaskedLM, bert: BertForMaskedLM) -> list[tuple[nn.Module, nn.Module]]:
+    """(our module, the BertForMaskedLM module with the same weights), for every module with weights."""
+    mine, theirs = ours.encoder.embeddings, bert.bert.embeddings
+    pairs = [(mine.token, theirs.word_embeddings), (mine.position, theirs.position_embeddings),
+             (mine.token_type, theirs.token_type_embeddings), (mine.norm, theirs.LayerNorm)]
+    for layer, bert_layer in zip(ours.encoder.layers, bert.bert.encoder.layer):
+        attention = bert_layer.attention
+        pairs += [(layer.attention.query, attention.self.query), (layer.attention.key, attention.self.key),
+                  (layer.attention.value, attention.self.value), (layer.attention.output, attention.output.dense),
+                  (layer.attention_norm, attention.output.LayerNorm), (layer.ffn_up, bert_layer.intermediate.dense),
+                  (layer.ffn_down, bert_layer.output.dense), (layer.ffn_norm, bert_layer.output.LayerNorm)]
+    transform = bert.cls.predictions.transform
+    return pairs + [(ours.head.dense, transform.dense), (ours.head.norm, transform.LayerNorm)]
+
+
+@torch.no_grad()
+def copy_weights(ours: MaskedLM, bert: BertForMaskedLM, to_bert: bool = True) -> None:
+    """Copy every weight between our model and a BertForMaskedLM of the same sizes (the decoder is tied to the
+    word embeddings in both; its bias is the head's)."""
+    for mine, theirs in bert_pairs(ours, bert):
+        source, target = (mine, theirs) if to_bert else (theirs, mine)
+        target.load_state_dict(source.state_dict())
+    source, target = (ours.head.bias, bert.cls.predictions.bias) if to_bert else (bert.cls.predictions.bias, ours.head.bias)
+    target.copy_(source)
+
+
+def to_bert(ours: MaskedLM) -> BertForMaskedLM:
+    """Our model's weights in a transformers BertForMaskedLM (eval mode): what later chapters load."""
+    bert = BertForMaskedLM(ours.config).eval()
+    copy_weights(ours, bert, to_bert=True)
+    return bert
+
+
+SINUSOID_SCALE = 0.2      # the waves' amplitude (the recipe search's one value, not tuned); word vectors start at ~0.02
 
 
 def sinusoids(positions: int, width: int) -> torch.Tensor:
@@ -204,6 +332,16 @@ def sinusoids(positions: int, width: int) -> torch.Tensor:
     table = torch.zeros(positions, width)
     table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
     return table
+
+
+def new_model(settings: PretrainSettings, tokenizer) -> MaskedLM:
+    """A freshly initialised model of the recipe's size; positions="sinusoidal" starts the position table as waves."""
+    model = init_like_bert(MaskedLM(mini_bert_config(settings, tokenizer)))
+    if settings.positions == "sinusoidal":
+        table = model.encoder.embeddings.position.weight
+        with torch.no_grad():
+            table.copy_(SINUSOID_SCALE * sinusoids(*table.shape))
+    return model
 
 
 def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, generator: torch.Generator):
@@ -218,34 +356,39 @@ def masked_batches(blocks: torch.Tensor, tokenizer, settings: PretrainSettings, 
                                        drop_last=True, collate_fn=collate, generator=generator)
 
 
+EVAL_MASK_PROBABILITY = 0.15     # every evaluation hides BERT's 15%, whatever share the recipe trains with
+
+
 def fixed_masked_set(lines: list[str], tokenizer, settings: PretrainSettings, seed: int):
-    """Blocks masked once with a fixed seed, so every evaluation scores exactly the same positions."""
+    """Blocks masked once with a fixed seed (15% of the tokens), so every evaluation scores the same positions."""
     blocks = pack_blocks(lines, tokenizer, settings.block_size)
-    return mask_with(tokenizer, blocks, special_mask(blocks, tokenizer), settings.mask_probability,
+    return mask_with(tokenizer, blocks, special_mask(blocks, tokenizer), EVAL_MASK_PROBABILITY,
                      generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
-def masked_lm_scores(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
-    """Mean loss, masked-token accuracy and perplexity (e^loss) over the masked positions of a fixed set."""
-    base = model.model if isinstance(model, MaskedOnlyMLM) else model
-    device = next(base.parameters()).device
-    total_loss, correct, count = 0.0, 0, 0
-    with evaluating(base):
+def masked_lm_scores(model: MaskedLM, inputs: torch.Tensor, labels: torch.Tensor, mask_id: int | None = None,
+                     batch_size: int = 128) -> dict[str, float]:
+    """Mean loss, accuracy and perplexity over the masked positions of a fixed set; with `mask_id`, also the
+    accuracy where the input is [MASK]."""
+    device = next(model.parameters()).device
+    loss, correct, count, at_mask, masks = 0.0, 0, 0, 0, 0
+    with evaluating(model):
         for start in range(0, len(inputs), batch_size):
             x, y = inputs[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
             keep = y != -100
-            logits = base.cls(base.bert(x).last_hidden_state[keep]).float()
-            total_loss += nn.functional.cross_entropy(logits, y[keep], reduction="sum").item()
-            correct += (logits.argmax(-1) == y[keep]).sum().item()
-            count += keep.sum().item()
-    loss = total_loss / count
-    return {"loss": loss, "accuracy": correct / count, "perplexity": math.exp(loss)}
+            logits = model.head(model.encoder(x)[keep], model.encoder.embeddings.token.weight).float()
+            loss += nn.functional.cross_entropy(logits, y[keep], reduction="sum").item()
+            right = logits.argmax(-1) == y[keep]
+            correct, count = correct + right.sum().item(), count + keep.sum().item()
+            hidden = x[keep] == (-1 if mask_id is None else mask_id)               # where the input is [MASK]
+            at_mask, masks = at_mask + right[hidden].sum().item(), masks + hidden.sum().item()
+    scores = {"loss": loss / count, "accuracy": correct / count, "perplexity": math.exp(loss / count)}
+    return {**scores, "accuracy at [MASK]": at_mask / masks} if masks else scores
 
 
 def inputs_identity(text: list[str], validation_lines: list[str], tokenizer) -> dict[str, str]:
-    """What a run is made from besides its settings: the text it trains and validates on, the vocabulary.
-    Checkpoints are keyed on it, so another corpus (FROM_ZERO_CORPUS) never resumes this one's weights."""
+    """What a run is made from besides its settings: the text it trains and validates on, the vocabulary."""
     return made_from(training_text=text, validation_text=validation_lines,
                      vocabulary=sorted(tokenizer.get_vocab().items()))
 
@@ -256,11 +399,10 @@ def training_folder(settings: PretrainSettings, inputs: dict[str, str]) -> Path:
 
 
 def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **train_options: Any) -> dict[str, Any]:
-    """Returns {"model" (BertForMaskedLM), "tokenizer", "history", "validation" (inputs, labels), "blocks"}.
+    """Returns {"model" (MaskedLM), "tokenizer", "history", "validation" (inputs, labels), "blocks"}.
     `train_options` go to utils.train (progress, live_plot, device, checkpoint_dir=None to turn checkpoints off)."""
     text, validation_lines = corpus(settings), load_corpus("validation")
-    if tokenizer is None:
-        tokenizer = train_wordpiece(text, vocab_size=settings.vocab_size, max_length=settings.block_size)
+    tokenizer = tokenizer or train_wordpiece(text, vocab_size=settings.vocab_size, max_length=settings.block_size)
     inputs = inputs_identity(text, validation_lines, tokenizer)
     train_options.setdefault("checkpoint_dir", training_folder(settings, inputs))
     generator = seed_everything(settings.seed)
@@ -268,11 +410,11 @@ def pretrain(settings: PretrainSettings, tokenizer=None, *, callbacks=(), **trai
     validation = [part[:settings.validation_blocks] for part in
                   fixed_masked_set(validation_lines, tokenizer, settings, seed=settings.seed + 1)]
     model = new_model(settings, tokenizer)
-    history = train(MaskedOnlyMLM(model), masked_batches(blocks, tokenizer, settings, generator),
-                    steps=settings.steps, lr=settings.lr, warmup=settings.warmup, schedule="linear",
-                    metrics=lambda m: {f"validation {k}": v for k, v in masked_lm_scores(m, *validation).items()},
-                    monitor="validation loss", eval_every=max(1, settings.steps // settings.evaluations),
-                    callbacks=callbacks, inputs=inputs, **{"desc": "MLM pretraining", **train_options})
+    scores = lambda m: {f"validation {k}": v for k, v in masked_lm_scores(m, *validation, tokenizer.mask_token_id).items()}
+    history = train(model, masked_batches(blocks, tokenizer, settings, generator), steps=settings.steps, lr=settings.lr,
+                    warmup=settings.warmup, schedule="linear", metrics=scores, monitor="validation loss",
+                    eval_every=max(1, settings.steps // settings.evaluations), callbacks=callbacks, inputs=inputs,
+                    **{"desc": "MLM pretraining", **train_options})
     return {"model": model, "tokenizer": tokenizer, "history": history, "validation": validation, "blocks": blocks}
 
 
@@ -290,13 +432,20 @@ def unigram_baseline(train_blocks: torch.Tensor, labels: torch.Tensor, vocab_siz
 
 
 def save_pretrained_mlm(result: dict[str, Any], folder: Path, settings: PretrainSettings) -> None:
-    """Write the model (safetensors), the tokenizer and the recipe into `folder`."""
-    result["model"].save_pretrained(folder)
+    """Write the model as a BertForMaskedLM (safetensors), the tokenizer and the recipe into `folder`."""
+    to_bert(result["model"]).save_pretrained(folder)
     result["tokenizer"].save_pretrained(folder)
     history: History = result["history"]
     (folder / "pretraining.json").write_text(json.dumps(
         {"settings": asdict(settings), "steps_done": history.steps_done,
          "final validation": {k: v for k, v in history.eval[-1].items() if k != "step"}}, indent=1))
+
+
+def mini_bert_identity(settings: PretrainSettings | None = None) -> dict[str, str]:
+    """What the pretrained mini-BERT is made from: this recipe and the text it reads (its tokenizer is trained
+    from that text). A later chapter's result built on it names it by this, never by its trained weights."""
+    settings = settings or settings_for()
+    return made_from("mini-BERT pretrained with MLM (chapter 04)", settings, **text_identity(settings))
 
 
 def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: bool = False,
@@ -310,17 +459,9 @@ def pretrained_mini_bert(settings: PretrainSettings | None = None, *, rebuild: b
 
 
 def store_mini_bert(result: dict[str, Any], settings: PretrainSettings) -> Path:
-    """Store a `pretrain(settings)` result as the cached mini-BERT (this chapter stores its own run):
-    `pretrained_mini_bert(settings)` returns it from then on."""
+    """Store a `pretrain(settings)` result as the cached mini-BERT: `pretrained_mini_bert(settings)` returns it."""
     return get_or_build(artifact_name(settings), lambda folder: save_pretrained_mlm(result, folder, settings),
                         version=mini_bert_identity(settings), rebuild=True)
-
-
-def mini_bert_identity(settings: PretrainSettings | None = None) -> dict[str, str]:
-    """What the pretrained mini-BERT is made from: this recipe and the text it reads (its tokenizer is trained
-    from that text). A later chapter's result built on it names it by this, never by its trained weights."""
-    settings = settings or settings_for()
-    return made_from("mini-BERT pretrained with MLM (chapter 04)", settings, **text_identity(settings))
 
 
 def artifact_name(settings: PretrainSettings) -> str:
@@ -333,9 +474,8 @@ def artifact_name(settings: PretrainSettings) -> str:
 
 
 def text_identity(settings: PretrainSettings) -> dict[str, str]:
-    """The digests of the text a recipe reads (with its tokenizer, trained from that text): the artifact
-    is keyed on them, so switching FROM_ZERO_CORPUS or FROM_ZERO_SENTIMENT rebuilds it with a warning.
-    Remembered per process (chapter 05 asks for the artifact once per run) until a source changes."""
+    """The digests of the text a recipe reads (remembered per process until FROM_ZERO_CORPUS or
+    FROM_ZERO_SENTIMENT changes): switching either rebuilds the artifact with a warning."""
     def stamp(env: str) -> tuple:
         path = Path(os.environ.get(env, "offline")).expanduser()
         return (str(path), path.stat().st_mtime_ns if path.exists() else None)
@@ -348,9 +488,12 @@ def _text_identity(settings: PretrainSettings, *sources: tuple) -> tuple:
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
-    'POSITIONS', 'PretrainSettings', 'SETTINGS', 'settings_for', 'corpus', 'SPECIAL_TOKENS', 'CONTINUATION',
-    'continuation_bpe', 'readable', 'train_wordpiece', 'mask_tokens', 'special_mask', 'mask_with', 'pack_blocks',
-    'MaskedOnlyMLM', 'new_model', 'SINUSOID_SCALE', 'sinusoids', 'masked_batches', 'fixed_masked_set',
-    'masked_lm_scores', 'inputs_identity', 'training_folder', 'pretrain', 'unigram_baseline', 'save_pretrained_mlm',
-    'pretrained_mini_bert', 'store_mini_bert', 'mini_bert_identity', 'artifact_name', 'text_identity',
+    'POSITIONS', 'PretrainSettings', 'refuse_impossible', 'SETTINGS', 'BERT_STYLE', 'settings_for', 'bert_style',
+    'corpus', 'spell', 'merge_pair', 'pair_scores', 'train_by_hand', 'wordpiece_tokenize', 'SPECIAL_TOKENS',
+    'CONTINUATION', 'continuation_bpe', 'readable', 'train_wordpiece', 'mask_tokens', 'special_mask', 'mask_with',
+    'pack_blocks', 'MLMHead', 'MaskedLM', 'init_like_bert', 'mini_bert_config', 'bert_pairs', 'copy_weights',
+    'to_bert', 'SINUSOID_SCALE', 'sinusoids', 'new_model', 'masked_batches', 'EVAL_MASK_PROBABILITY',
+    'fixed_masked_set', 'masked_lm_scores', 'inputs_identity', 'training_folder', 'pretrain', 'unigram_baseline',
+    'save_pretrained_mlm', 'mini_bert_identity', 'pretrained_mini_bert', 'store_mini_bert', 'artifact_name',
+    'text_identity',
 ]

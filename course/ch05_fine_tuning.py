@@ -419,7 +419,7 @@ def nearest_words(embeddings: torch.Tensor, tokenizer, words: Sequence[str], k: 
     return result
 
 
-from course.ch04_pretraining import settings_for, text_identity
+from course.ch04_pretraining import bert_style, settings_for, text_identity
 from utils.sweeps import SweepRecord
 
 SCALING_MULTIPLES = (0, 0.25, 0.5, 1, 2, 4)     # of chapter 04's pretraining steps; 0: random weights
@@ -432,16 +432,16 @@ RECIPES = SweepRecord("pretraining_recipes", made_by="recipes_settings", inputs_
 
 
 def scaling_settings(preset: str) -> dict[str, Any]:
-    """What the pretraining-scaling table is made with: chapter 04's recipe, the budgets, this chapter's protocol."""
+    """What the pretraining-scaling table is made with: BERT's recipe at chapter 04's size, the budgets, this chapter's protocol."""
     experiment = experiment_for(preset)
-    return {"recipe": asdict(settings_for(preset)), "multiples": SCALING_MULTIPLES, "sizes": SCALING_SIZES,
+    return {"recipe": asdict(bert_style(preset)), "multiples": SCALING_MULTIPLES, "sizes": SCALING_SIZES,
             "fine-tuning": {"small": asdict(experiment.small), "seeds": experiment.seeds,
                             "learning_rates": experiment.learning_rates}}
 
 
 def scaling_identity(data, preset: str) -> dict[str, str]:
     """The text chapter 04 pretrains on and the sentiment set: another of either needs another table."""
-    return made_from(sentiment=sentiment_rows(data), **text_identity(settings_for(preset)))
+    return made_from(sentiment=sentiment_rows(data), **text_identity(bert_style(preset)))
 
 
 def load_scaling(preset: str, data, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -451,7 +451,7 @@ def load_scaling(preset: str, data, missing_ok: bool = False) -> dict[str, Any] 
                         missing_ok=missing_ok)
 
 
-RECIPE_VARIANTS = (      # chapter 04's CPU recipe with these settings changed, at its budget (bench/pretraining_recipes.py)
+RECIPE_VARIANTS = (      # BERT's recipe at chapter 04's size with these changed, at its budget (bench/pretraining_recipes.py)
     ("chapter 04", {}),
     ("no dropout", {"dropout": 0.0}),
     ("40% masking, no dropout", {"dropout": 0.0, "mask_probability": 0.4}),

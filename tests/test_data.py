@@ -274,6 +274,15 @@ def test_behaviour_set_is_balanced_valid_and_disjoint_from_the_data():
     assert not any(r["text"].lower() in seen for r in rows)
 
 
+def test_fill_mask_sentences_hide_one_word_and_a_bad_file_says_which(tmp_path):
+    rows = data.load_fill_mask()
+    assert len(rows) >= 10 and all(r["text"].count("[MASK]") == 1 and r["answers"] for r in rows)
+    path = tmp_path / "fill.json"
+    path.write_text('{"sentences": [{"text": "no mask here", "answers": ["x"]}]}')
+    with pytest.raises(DataError, match="sentence 1: needs a text with exactly one \\[MASK\\]"):
+        data.load_fill_mask(path)
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"phenomenon": "sarcasm", "text": "Sure, great.", "label": 0}', "needs a phenomenon"),
     ('{"phenomenon": "negation", "text": "Not good.", "label": null}', "null exactly for 'neutral'"),

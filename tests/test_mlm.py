@@ -1,12 +1,18 @@
-"""course.ch04_pretraining (chapter 04's cells): masking statistics, packing, the masked-only head, scores, the cached artifact."""
+"""course.ch04_pretraining (chapter 04's cells): WordPiece by hand, masking statistics, packing, our model against
+BertForMaskedLM, the masked-only head, scores, the cached artifact."""
+from collections import Counter
+
 import pytest
 import torch
+from torch import nn
 from transformers import BertForMaskedLM
 
-from course.ch04_pretraining import (SINUSOID_SCALE, SPECIAL_TOKENS, MaskedOnlyMLM, PretrainSettings, artifact_name,
-                                     corpus, mask_tokens, masked_lm_scores, new_model, pack_blocks, pretrain,
-                                     pretrained_mini_bert, settings_for, sinusoids, special_mask, text_identity,
-                                     train_wordpiece, unigram_baseline)
+from course.ch04_pretraining import (BERT_STYLE, SINUSOID_SCALE, SPECIAL_TOKENS, MaskedLM, PretrainSettings,
+                                     artifact_name, bert_style, copy_weights, corpus, init_like_bert, mask_tokens,
+                                     masked_lm_scores, merge_pair, mini_bert_config, new_model, pack_blocks,
+                                     pair_scores, pretrain, pretrained_mini_bert, settings_for, sinusoids, spell,
+                                     special_mask, text_identity, to_bert, train_by_hand, train_wordpiece,
+                                     unigram_baseline, wordpiece_tokenize)
 from utils.checkpoint import CheckpointError
 from utils.data import load_corpus, load_sentiment
 
@@ -48,10 +54,54 @@ def test_masked_only_head_gives_the_same_loss_as_the_full_head(tokenizer):
     blocks = pack_blocks(load_corpus("validation")[:50], tokenizer, 32)[:8]
     inputs, labels = mask_tokens(blocks, special_mask(blocks, tokenizer), len(tokenizer), tokenizer.mask_token_id,
                                  generator=torch.Generator().manual_seed(1))
-    full = model(input_ids=inputs, labels=labels).loss
-    assert torch.allclose(MaskedOnlyMLM(model)(inputs, labels), full, atol=1e-5)
-    scores = masked_lm_scores(model, inputs, labels, batch_size=3)
+    full = nn.functional.cross_entropy(model(inputs).flatten(0, 1), labels.flatten())       # every position scored
+    assert torch.allclose(model(inputs, labels), full, atol=1e-5)
+    scores = masked_lm_scores(model, inputs, labels, tokenizer.mask_token_id, batch_size=3)
     assert abs(scores["loss"] - full.item()) < 1e-4 and 0 <= scores["accuracy"] <= 1
+    at_mask = (labels != -100) & (inputs == tokenizer.mask_token_id)
+    expected = (model(inputs).argmax(-1)[at_mask] == labels[at_mask]).float().mean().item()
+    assert abs(scores["accuracy at [MASK]"] - expected) < 1e-9
+    assert "accuracy at [MASK]" not in masked_lm_scores(model, inputs, labels)
+
+
+def test_our_model_equals_bert_for_masked_lm_given_the_same_weights_both_ways(tokenizer):
+    torch.manual_seed(0)
+    config = mini_bert_config(PretrainSettings(vocab_size=600, block_size=32), tokenizer)
+    theirs, ours = BertForMaskedLM(config).eval(), MaskedLM(config).eval()
+    copy_weights(ours, theirs, to_bert=False)
+    ids = torch.randint(5, 600, (3, 32))
+    with torch.no_grad():
+        assert (ours(ids) - theirs(input_ids=ids).logits).abs().max() < 1e-5
+        trained = init_like_bert(MaskedLM(config)).eval()                   # and ours into theirs
+        assert (to_bert(trained)(input_ids=ids).logits - trained(ids)).abs().max() < 1e-5
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+def test_init_like_bert_draws_weights_at_0_02_and_zeroes_biases(tokenizer):
+    torch.manual_seed(0)
+    model = init_like_bert(MaskedLM(mini_bert_config(PretrainSettings(vocab_size=600), tokenizer)))
+    assert abs(model.encoder.layers[0].ffn_up.weight.std().item() - 0.02) < 0.002
+    assert abs(model.encoder.embeddings.token.weight.std().item() - 0.02) < 0.002
+    assert not model.head.dense.bias.any() and not model.head.bias.any()
+    assert torch.equal(model.head.norm.weight, torch.ones(128))
+
+
+def test_wordpiece_by_hand_merges_by_score_bpe_by_count():
+    assert spell("fun") == ["f", "##u", "##n"] and merge_pair(["f", "##u", "##n", "##u"], "##u", "##n") == ["f", "##un", "##u"]
+    words = Counter({"the": 10, "then": 5, "qua": 2, "tax": 3})
+    scores = pair_scores(words, {w: spell(w) for w in words})
+    assert scores[("t", "##h")] == (15, 15 / (18 * 15)) and scores[("q", "##u")] == (2, 2 / (2 * 2))
+    assert train_by_hand(words, 1, "bpe")[0] == [("t", "##h")]               # the most frequent pair
+    merges, spelled = train_by_hand(words, 1, "wordpiece")                   # the pair that sticks: q is always before u
+    assert merges == [("q", "##u")] and spelled["qua"] == ["qu", "##a"]
+
+
+def test_our_wordpiece_tokenizing_rule_gives_the_library_pieces(tokenizer):
+    vocabulary = tokenizer.get_vocab()
+    for word in ["the", "lobster", "unbelievably", "pretraining", "zzzzqqq", "a"]:
+        normal = tokenizer.backend_tokenizer.normalizer.normalize_str(word)
+        assert wordpiece_tokenize(normal, vocabulary) == tokenizer.tokenize(word), word
+    assert wordpiece_tokenize("ab", {"a"}) == ["[UNK]"] and wordpiece_tokenize("ab", {"a", "##b"}) == ["a", "##b"]
 
 
 def test_unigram_baseline_guesses_the_most_frequent_normal_token():
@@ -87,14 +137,15 @@ def test_the_recipe_search_options_fail_at_the_door_and_leave_the_default_recipe
     learned = new_model(settings, tokenizer)
     torch.manual_seed(0)
     waves = new_model(PretrainSettings(vocab_size=600, block_size=32, positions="sinusoidal"), tokenizer)
-    positions = waves.bert.embeddings.position_embeddings.weight
+    positions = waves.encoder.embeddings.position.weight
     assert torch.equal(positions, SINUSOID_SCALE * sinusoids(*positions.shape))
     for (name, a), b in zip(learned.named_parameters(), waves.parameters()):      # the rest starts the same
-        assert "position_embeddings" in name or torch.equal(a, b), name
-    assert artifact_name(settings_for("cpu", steps=275)) == "mini-bert-mlm-tiny-275"       # the scaling bench's names
+        assert "embeddings.position" in name or torch.equal(a, b), name
+    assert artifact_name(settings_for("cpu", steps=275)) == "mini-bert-mlm-tiny-275"       # a preset at any steps
     assert artifact_name(settings_for("gpu")) == "mini-bert-mlm-small-20000"
-    other = artifact_name(settings_for("cpu", dropout=0.0))
-    assert other.startswith("mini-bert-mlm-tiny-1100-") and other != artifact_name(settings_for("cpu", positions="sinusoidal"))
+    other = artifact_name(bert_style("cpu"))                     # the benches' recipe never replaces the chapter's
+    assert other.startswith("mini-bert-mlm-tiny-1100-") and other != artifact_name(bert_style("cpu", positions="sinusoidal"))
+    assert all(getattr(bert_style("cpu"), k) == v for k, v in BERT_STYLE.items()) and bert_style("cpu").steps == 1_100
 
 
 @pytest.mark.slow
@@ -146,7 +197,7 @@ def test_another_corpus_never_resumes_or_reuses_this_corpus_weights(cache_dir, t
     second = pretrain(settings, tokenizer, progress=False)
     assert second["history"].resumed_from is None and second["history"].steps_done == 2
     assert len(list((cache_dir / "training").glob("mlm-tiny-*"))) == 2
-    assert not torch.equal(first["model"].cls.predictions.bias, second["model"].cls.predictions.bias) or \
+    assert not torch.equal(first["model"].head.bias, second["model"].head.bias) or \
         first["history"].losses != second["history"].losses
     # an explicit checkpoint_dir holding the first corpus's run is refused, with the folder and the fix
     monkeypatch.delenv("FROM_ZERO_CORPUS")
@@ -179,7 +230,7 @@ def test_bad_tokenizer_text_and_masking_rates_fail_at_the_door():
     ids = torch.arange(10).view(1, 10)
     with pytest.raises(ValueError, match="probability is the share of tokens to choose: .*got 1.5"):
         mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), 10, 4, probability=1.5)
-    with pytest.raises(ValueError, match="mask_probability is the share of tokens to mask: .*got 1.5"):
+    with pytest.raises(ValueError, match="mask_probability is the share of tokens to hide: .*got 1.5"):
         PretrainSettings(mask_probability=1.5)
     with pytest.raises(ValueError, match="vocab_size must exceed the 5 special tokens"):
         settings_for("cpu", vocab_size=3)

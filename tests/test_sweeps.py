@@ -108,3 +108,15 @@ def test_a_sweep_script_writes_its_record_and_reuses_the_committed_runs(tmp_path
     with pytest.raises(SystemExit):
         sweep_arguments("no reuse here", ["--reuse"], reuse=False)
     assert sweep_arguments("no reuse here", [], reuse=False).reuse is False
+
+
+def test_a_sweep_script_can_name_the_runs_it_keeps_and_says_so_in_the_command(tmp_path):
+    record = SweepRecord("x_sweep", made_by="x_settings", inputs_named="sentiment set", folder=tmp_path)
+    args = sweep_arguments("x", [])
+    args.more_flags = ["--new-mini-bert"]
+    kept = {"rows": [{"arm": "a", "lr": 1e-3, "seed": 0, "validation accuracy": 0.5}], "seconds": 60}
+    path = make_sweep(record, "cpu", args, settings=SETTINGS, inputs={**INPUTS, "new": "input"}, earlier=kept,
+                      sweep=lambda earlier: earlier + [{"arm": "b", "lr": 1e-3, "seed": 0, "validation accuracy": 0.6}])
+    written = json.loads(path.read_text())
+    assert [row["arm"] for row in written["rows"]] == ["a", "b"] and written["seconds"] >= 60
+    assert written["command"] == "python -m bench.x_sweep --new-mini-bert" and written["inputs"]["new"] == "input"

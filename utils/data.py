@@ -8,6 +8,7 @@
   load_corpus(split)       WikiText-2 raw lines: "train", "validation" or "test"
   load_sentiment()         the course's binary sentiment set as a datasets.DatasetDict (train/validation/test)
   load_behaviour_set()     hand-written checks: negation, intensifiers, contrast, neutral facts
+  load_fill_mask()         chapter 04's fill-mask sentences and their accepted answers
   load_plays()             Shakespeare's 37 plays, cleaned: name -> text
   load_gpt_corpus()        {"train", "validation", "test"} texts for a GPT: Shakespeare split by play (GPT_SPLIT),
                            WikiText-2, or your own .txt file
@@ -438,6 +439,21 @@ def load_behaviour_set(path: str | Path = BEHAVIOUR_FILE) -> list[dict]:
         rows.append({"phenomenon": row["phenomenon"], "text": row["text"].strip(), "label": row["label"]})
     return rows
 
+
+FILL_MASK_FILE = DATA_DIR / "fill_mask.json"
+
+
+def load_fill_mask(path: str | Path = FILL_MASK_FILE) -> list[dict]:
+    """Chapter 04's fill-mask sentences, written before its model was trained: dicts with text (one [MASK])
+    and answers (the lowercase words a reader accepts)."""
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))["sentences"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: expected JSON with a 'sentences' list ({error})") from error
+    for number, row in enumerate(rows, start=1):
+        if str(row.get("text", "")).count("[MASK]") != 1 or not row.get("answers"):
+            raise DataError(f"{path}, sentence {number}: needs a text with exactly one [MASK] and a list of answers")
+    return [{"text": row["text"], "answers": list(row["answers"])} for row in rows]
 
 # ---- Shakespeare (chapters 09-12)
 

@@ -98,14 +98,17 @@ class SweepRecord:
 
 def make_sweep(record: SweepRecord, preset: str, args: argparse.Namespace, *, settings: Mapping[str, Any],
                inputs: Mapping[str, str], sweep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-               by: str | None = None, started: float | None = None) -> Path:
+               by: str | None = None, started: float | None = None,
+               earlier: Mapping[str, Any] | None = None) -> Path:
     """What every sweep script does once its models and data are ready: `sweep(earlier)` timed (earlier: the
     committed rows when --reuse, to be taken as they are), the record written with the command that made it,
     the rates chosen per `by` (an arm, a method) printed. Returns the record's path. started: a
-    time.perf_counter() to count the record's seconds from (default: now, when the sweep starts)."""
-    earlier: Mapping[str, Any] = {"rows": [], "seconds": 0}
-    if args.reuse:
-        earlier = record.read(preset, settings=settings, inputs=inputs, any_rates=True)
+    time.perf_counter() to count the record's seconds from (default: now, when the sweep starts). earlier: the
+    rows (and seconds) to take as they are, chosen by the script (default: none, or the committed record's
+    with --reuse)."""
+    if earlier is None:
+        earlier = (record.read(preset, settings=settings, inputs=inputs, any_rates=True) if args.reuse
+                   else {"rows": [], "seconds": 0})
     started = time.perf_counter() if started is None else started
     rows = sweep(list(earlier["rows"]))
     seconds = time.perf_counter() - started + earlier["seconds"]
@@ -243,4 +246,4 @@ def sweep_command(module: str, args: argparse.Namespace) -> str:
     """The command line that made a record, as stored in it: `module` is the script's __name__ or its name
     under bench/ (bench.peft_sweep)."""
     return (f"python -m {module}" + (f" --preset {args.preset}" if args.preset else "")
-            + (" --reuse" if args.reuse else ""))
+            + (" --reuse" if args.reuse else "") + "".join(f" {flag}" for flag in getattr(args, "more_flags", ())))
