@@ -28,18 +28,16 @@ from utils.data import load_sentiment
 from utils.sweeps import make_sweep, sweep_arguments
 
 
+PRETRAINED = tuple(arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert")   # start from chapter 04
+
+
 def committed_without_pretrained(preset: str, settings: dict, inputs: dict) -> dict:
-    """The committed runs of every student but those that start from chapter 04's weights, refused unless the
-    record was made with these settings, sentiment set and teacher. The kept students read chapter 04's
-    tokenizer only, which is trained from the text alone (the same text, whatever the pretraining recipe)."""
-    record = json.loads(DISTILL_SWEEP.path(preset).read_text())
-    others = {k: v for k, v in inputs.items() if k != "mini_bert"}
-    if record["settings"] != json.loads(json.dumps(settings)) or \
-            {k: v for k, v in record["inputs"].items() if k != "mini_bert"} != others:
-        raise SystemExit("error: the committed sweep was made with other settings, sentiment set or teacher: "
-                         "run `python -m bench.distill_sweep` without --new-mini-bert")
-    pretrained = {arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert"}
-    kept = [row for row in record["rows"] if row["arm"] not in pretrained]
+    """The committed runs of every student but those that start from chapter 04's weights, refused (by the
+    record's own checks) unless it was made with these settings, sentiment set and teacher. The kept students
+    read chapter 04's tokenizer only, which is trained from the text alone (the same, whatever the recipe)."""
+    committed_mini_bert = json.loads(DISTILL_SWEEP.path(preset).read_text())["inputs"].get("mini_bert")
+    record = DISTILL_SWEEP.read(preset, settings=settings, inputs={**inputs, "mini_bert": committed_mini_bert})
+    kept = [row for row in record["rows"] if row["arm"] not in PRETRAINED]
     return {"rows": kept, "seconds": sum(row["seconds"] for row in kept),     # the kept runs' own time
             "provenance": {key: record[key] for key in ("machine", "processor", "versions") if key in record}}
 
@@ -76,7 +74,7 @@ def keep_provenance(path, provenance: dict) -> None:
     those versions (so re-runs elsewhere are compared within the noise), and says where the new runs were made."""
     record = json.loads(path.read_text())
     fields = ("machine", "processor", "versions")
-    record["added"] = {"arms": [arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert"],
+    record["added"] = {"arms": list(PRETRAINED),
                        **{key: record[key] for key in fields if key in record}}
     for key in fields:
         if key in provenance:
