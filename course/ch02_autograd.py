@@ -125,64 +125,6 @@ def backpropagate(root, seed, retain_graph: bool = False) -> None:
         node.used = not retain_graph
 
 
-SCALAR_OPS = ("add", "sub", "mul", "div", "pow", "relu", "tanh", "exp", "log", "sigmoid")
-
-
-def random_expression(rng: np.random.Generator, n_inputs: int = 3, n_ops: int = 12) -> list[tuple]:
-    """A random straight-line program over `n_inputs` scalars, as (op, operand indices, exponent) steps.
-
-    Every intermediate result may be reused (so gradients must accumulate over several uses).
-    """
-    program, n_values = [], n_inputs
-    for _ in range(n_ops):
-        op = SCALAR_OPS[rng.integers(len(SCALAR_OPS))]
-        a, b = (int(i) for i in rng.integers(n_values, size=2))
-        program.append((op, a, b, float(rng.choice([2.0, 3.0, 0.5, -1.0]))))
-        n_values += 1
-    return program
-
-
-def evaluate_expression(program: list[tuple], inputs: list, lib: Any) -> Any:
-    """Run a `random_expression` on Value inputs (lib=None) or torch scalars (lib=torch); returns the
-    sum of all steps. Domains are kept safe: log and division see 1 + x², exp sees tanh(x)."""
-    ops = {name: (lambda v, name=name: getattr(v, name)()) if lib is None else getattr(lib, name)
-           for name in ("exp", "log", "tanh", "relu", "sigmoid")}
-    values = list(inputs)
-    for op, a, b, exponent in program:
-        x, y = values[a], values[b]
-        values.append({
-            "add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y,
-            "div": lambda: x / (y * y + 1), "pow": lambda: (x * x + 1) ** exponent,
-            "exp": lambda: ops["exp"](ops["tanh"](x)), "log": lambda: ops["log"](x * x + 1),
-        }.get(op, lambda: ops[op](x))())
-    total = values[len(inputs)]
-    for v in values[len(inputs) + 1:]:
-        total = total + v
-    return total
-
-
-def max_gradient_difference(program, lib: Any, inputs: np.ndarray | None = None) -> float:
-    """Largest |our gradient − torch's| / max(1, |torch's|) over every input, in float64, for a
-    `random_expression` (give its scalar `inputs`) or a `random_tensor_program` (section 3)."""
-    if isinstance(program, dict):
-        ours = {k: Tensor(v, requires_grad=True) for k, v in program["leaves"].items()}
-        theirs = {k: lib.tensor(v, dtype=lib.float64, requires_grad=True) for k, v in program["leaves"].items()}
-        evaluate_tensor_program(program, ours).backward()
-        evaluate_tensor_program(program, theirs, lib).backward()
-        pairs = [(ours[k].grad, theirs[k].grad) for k in ours]
-    else:
-        ours = [Value(x) for x in inputs]
-        theirs = [lib.tensor(float(x), dtype=lib.float64, requires_grad=True) for x in inputs]
-        evaluate_expression(program, ours, None).backward()
-        evaluate_expression(program, theirs, lib).backward()
-        pairs = [(v.grad, t.grad) for v, t in zip(ours, theirs)]
-
-    def difference(ours_grad, torch_grad):  # torch leaves None on an unused input; ours leaves 0
-        reference = np.zeros(1) if torch_grad is None else torch_grad.numpy()
-        return float((np.abs(np.asarray(ours_grad) - reference) / np.maximum(1.0, np.abs(reference))).max())
-    return max(difference(g, t) for g, t in pairs)
-
-
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum `grad` over the axes that broadcasting added or stretched, so that it has `shape` again."""
     while grad.ndim > len(shape):
@@ -366,66 +308,6 @@ class MLP:
             p.zero_grad()
 
 
-def random_tensor_program(rng: np.random.Generator, depth: int = 3) -> dict:
-    """A random expression tree over arrays, with broadcasting, that ends in a softmax cross-entropy.
-    Returns {"tree", "leaves" (name → array), "targets"}; run it with `evaluate_tensor_program`."""
-    leaves: dict[str, np.ndarray] = {}
-
-    def leaf(shape):
-        same_shape = [k for k, v in leaves.items() if v.shape == shape]
-        if same_shape and rng.random() < 0.3:            # reuse a leaf: its gradient must accumulate
-            return ("leaf", same_shape[rng.integers(len(same_shape))])
-        leaves[name := f"x{len(leaves)}"] = rng.normal(size=shape)
-        return ("leaf", name)
-
-    def broadcastable(shape):                            # (n,) or some 1s against `shape`, or itself
-        choice = rng.integers(3)
-        if choice == 0 and len(shape) >= 2:
-            return shape[1:]
-        return tuple(1 if rng.random() < 0.5 else s for s in shape) if choice == 1 else shape
-
-    def grow(shape, level):
-        if level == 0:
-            return leaf(shape)
-        kinds = ["binary", "unary"] + (["matmul"] if len(shape) == 2 else []) + (["reduce"] if len(shape) < 3 else [])
-        kind = kinds[rng.integers(len(kinds))]
-        if kind == "binary":
-            op = ["add", "sub", "mul"][rng.integers(3)]
-            pair = [grow(shape, level - 1), leaf(broadcastable(shape))]
-            return (op, *(pair if rng.random() < 0.5 else pair[::-1]))
-        if kind == "unary":
-            return (["relu", "tanh", "exp_tanh", "log_square"][rng.integers(4)], grow(shape, level - 1))
-        if kind == "matmul":
-            inner = int(rng.integers(1, 5))
-            return ("matmul", grow((shape[0], inner), level - 1), grow((inner, shape[1]), level - 1))
-        axis = int(rng.integers(len(shape) + 1))           # reduce a one-bigger array over a new axis
-        bigger = shape[:axis] + (int(rng.integers(1, 4)),) + shape[axis:]
-        return (["sum", "mean"][rng.integers(2)], grow(bigger, level - 1), axis)
-
-    batch, classes = int(rng.integers(1, 6)), int(rng.integers(2, 5))
-    return {"tree": grow((batch, classes), depth), "leaves": leaves, "targets": rng.integers(classes, size=batch)}
-
-
-def evaluate_tensor_program(program: dict, leaves: dict, lib: Any = None) -> Any:
-    """Run a `random_tensor_program` with our Tensor (lib=None) or with torch (lib=torch); returns the loss."""
-    def run(node):
-        op, args = node[0], node[1:]
-        if op == "leaf":
-            return leaves[args[0]]
-        if op in ("add", "sub", "mul", "matmul"):
-            a, b = run(args[0]), run(args[1])
-            return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "matmul": lambda: a @ b}[op]()
-        x = run(args[0])
-        if op in ("sum", "mean"):
-            return getattr(x, op)(args[1]) if lib is None else getattr(x, op)(dim=args[1])
-        return {"relu": x.relu, "tanh": x.tanh, "exp_tanh": lambda: x.tanh().exp(),
-                "log_square": lambda: (x * x + 1.0).log()}[op]()
-    logits = run(program["tree"])
-    if lib is None:
-        return cross_entropy(logits, program["targets"])
-    return lib.nn.functional.cross_entropy(logits, lib.as_tensor(program["targets"]))
-
-
 def two_moons(n, noise, rng):
     angle = rng.uniform(0, np.pi, n)
     label = rng.integers(0, 2, n)
@@ -453,7 +335,6 @@ def saved_for_backward(forward: Callable[[], Any], exclude: Iterable[torch.Tenso
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
-    'Value', 'topological_order', 'backpropagate', 'SCALAR_OPS', 'random_expression', 'evaluate_expression',
-    'max_gradient_difference', 'unbroadcast', 'Tensor', 'as_tensor', 'tensor_sum', 'tensor_mean', 'cross_entropy',
-    'Linear', 'MLP', 'random_tensor_program', 'evaluate_tensor_program', 'two_moons', 'saved_for_backward',
+    'Value', 'topological_order', 'backpropagate', 'unbroadcast', 'Tensor', 'as_tensor', 'tensor_sum',
+    'tensor_mean', 'cross_entropy', 'Linear', 'MLP', 'two_moons', 'saved_for_backward',
 ]

@@ -15,6 +15,7 @@ Where the code lives:
   utils.artifacts   get_or_build                                   (build-on-demand cache)
   utils.identity    made_from, digest                              (what a result is made from: recipe + inputs)
   utils.report      show_table, what_we_measured, compare_gradients  (tables, gradient checks)
+  utils.random_programs  random_expression, random_tensor_program, *_gradient_gap  (chapter 02's test bench)
   utils.sweeps      write_record, read_record, sweep_arguments     (committed bench/ sweep records)
 
 Importing this package has no side effects: nothing is seeded, no global setting is changed.
