@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tools.run_notebooks import notebooks_under
+from tools.run_notebooks import finish_progress_bars, notebooks_under
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
@@ -55,6 +55,30 @@ def test_no_absolute_paths_and_bounded_size(notebook):
             png = output.get("data", {}).get("image/png")
             if png:
                 assert len(base64.b64decode(png)) < MAX_PNG_BYTES, "figure too large: lower dpi or size"
+
+
+def test_progress_bars_show_their_final_state(notebook):
+    """A widget's plain-text fallback is what viewers without widgets show: the bar as it ended, not "0%| 0/N"."""
+    path, nb = notebook
+    stale = [output["data"]["text/plain"] for cell in nb.cells for output in cell.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+             and re.search(r"\b0%\|", str(output["data"].get("text/plain", "")))]
+    assert not stale, f"progress bars committed at 0% (make run-all rewrites them): {stale[:2]}"
+
+
+def test_a_progress_bar_gets_its_final_state_as_text():
+    def model(name, **state):
+        return {"model_name": name, "state": state}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]),
+        "left": model("HTMLModel", value="spirals:\u2007100%"), "bar": model("FloatProgressModel", value=50.0, max=50.0),
+        "right": model("HTMLModel", value="\u200750/50\u2007[00:01&lt;00:00]")}}}
+    bar = nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "box"},
+                                                        "text/plain": "spirals:   0%|          | 0/50"})
+    nb.cells.append(nbformat.v4.new_code_cell("train()", outputs=[bar]))
+    assert finish_progress_bars(nb) == 1
+    assert nb.cells[0].outputs[0]["data"]["text/plain"] == "spirals: 100%|██████████| 50/50 [00:01<00:00]"
 
 
 def test_title_colab_badge_and_guarded_setup_cell(notebook):

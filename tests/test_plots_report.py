@@ -4,7 +4,7 @@ import pytest
 import matplotlib
 
 from utils import (History, LivePlot, bar_chart, compare_gradients, course_style, draw_graph, heatmap, markdown_table,
-                   plot_history, what_we_measured)
+                   plot_history, show_table, what_we_measured)
 from utils.plots import figure_png, smooth
 from utils.report import format_value
 
@@ -59,6 +59,15 @@ def test_what_we_measured_formats_and_returns_figures(capsys):
     assert format_value(0.000123456) == "0.0001235"
     with pytest.raises(ValueError, match="at least one figure"):
         what_we_measured({})
+
+
+def test_a_shown_table_is_not_echoed_again_when_a_cell_ends_with_it(capsys):
+    table, rows = show_table(["a", "b"], [[1, 2]]), what_we_measured({"steps": 3})
+    assert table == "| a | b |\n| --- | --- |\n| 1 | 2 |" and rows == {"steps": "3"}
+    from IPython.core.formatters import DisplayFormatter
+    for value in (table, rows):              # IPython shows nothing for a value with _ipython_display_
+        value._ipython_display_()
+        assert DisplayFormatter().format(value) == ({}, {})
 
 
 def test_markdown_table_formats_cells_escapes_pipes_and_checks_row_length():

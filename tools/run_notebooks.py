@@ -10,6 +10,7 @@ Python. A notebook that fails is reported and left as it was on disk. Exit statu
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import re
@@ -58,6 +59,35 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
+def finish_progress_bars(nb) -> int:
+    """Give each progress bar's plain-text fallback (what GitHub and viewers without widgets show) the bar's
+    final state, read from the widget state the run saved, instead of the "0%| 0/N" it started with; an
+    `interact` slider's fallback (a repr of its children) becomes one readable line. Returns how many changed."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+    def model(reference: str) -> dict:
+        return state.get(reference.removeprefix("IPY_MODEL_"), {}).get("state", {})
+
+    def text(reference: str) -> str:
+        return html.unescape(model(reference).get("value", "")).replace("\u2007", " ")
+    rewritten = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view and str(output["data"].get("text/plain", "")).startswith("interactive("):
+                output["data"]["text/plain"] = "(a slider: run the notebook in Jupyter to move it)"
+                rewritten += 1
+                continue
+            children = model(view["model_id"]).get("children", []) if view else []
+            if len(children) != 3 or state.get(children[1].removeprefix("IPY_MODEL_"), {}).get("model_name") != "FloatProgressModel":
+                continue                             # not tqdm's [description, bar, counts] box
+            bar = model(children[1])
+            filled = round(10 * bar.get("value", 0) / bar["max"]) if bar.get("max") else 0
+            output["data"]["text/plain"] = f"{text(children[0])}|{'█' * filled}{' ' * (10 - filled)}|{text(children[2])}"
+            rewritten += 1
+    return rewritten
+
+
 def execute(path: Path, timeout: int) -> tuple[float, str | None, object]:
     """Run a notebook top to bottom in a fresh kernel; write it back only if it succeeded."""
     nb = nbformat.read(path, as_version=4)
@@ -71,6 +101,7 @@ def execute(path: Path, timeout: int) -> tuple[float, str | None, object]:
         lines = [line for line in text.splitlines() if line.strip()]
         return time.perf_counter() - started, lines[-1] if lines else "cell failed", nb
     elapsed = time.perf_counter() - started
+    finish_progress_bars(nb)
     nbformat.write(nb, path)
     return elapsed, None, nb
 
@@ -79,8 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in chapters/")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--bars-only", action="store_true",
+                        help="run nothing: rewrite the committed progress bars' text from their saved final state")
     args = parser.parse_args(argv)
     paths = args.notebooks or notebooks_under(ROOT / "chapters")
+    if args.bars_only:
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            if finish_progress_bars(nb):
+                nbformat.write(nb, path)
+        return 0
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")

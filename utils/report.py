@@ -21,13 +21,29 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def what_we_measured(figures: Mapping[str, Any], title: str = "What we measured") -> dict[str, str]:
-    """Display `figures` (name → value, name carrying its unit) as a table; return them as text."""
+class _Shown:
+    """A value already shown as a table: a notebook does not echo it again when a cell ends with the call."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+class ShownTable(_Shown, str):
+    """The Markdown of a table that show_table displayed."""
+
+
+class ShownFigures(_Shown, dict):
+    """The figures what_we_measured displayed, as text."""
+
+
+def what_we_measured(figures: Mapping[str, Any], title: str | None = None) -> dict[str, str]:
+    """Display `figures` (name → value, name carrying its unit) as a table, under the chapter's own "What we
+    measured" heading (so no title of its own by default); return them as text."""
     if not figures:
         raise ValueError("what_we_measured needs at least one figure")
     rows = {str(name): format_value(value) for name, value in figures.items()}
     show_table(["figure", "value"], rows.items(), title=title, metadata={METADATA_KEY: {"measured": rows}})
-    return rows
+    return ShownFigures(rows)
 
 
 def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], title: str | None = None) -> str:
@@ -46,7 +62,7 @@ def show_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], title: str 
     """Display `markdown_table(header, rows, title)` in a notebook (print it elsewhere); returns the Markdown."""
     table = markdown_table(header, rows, title)
     _display_markdown(table, metadata=metadata)
-    return table
+    return ShownTable(table)
 
 
 def _display_markdown(text: str, metadata: dict | None = None) -> None:
