@@ -2,11 +2,12 @@
 """06 · Parameter-efficient fine-tuning (参数高效微调)"""
 
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
 import utils
-from course.ch03_model_anatomy import LoRALinear, add_lora, count_parameters, merge_lora
+from utils import add_to_class
+from course.ch03_model_anatomy import count_parameters
 from course.ch05_fine_tuning import (MAX_LENGTH, FinetuneSettings, Prepared, SentenceClassifier, batches, features, fine_tune,
                                      linear_probe, new_classifier, predict_proba, prepare, scores)
 from utils.checkpoint import atomic_path
@@ -34,7 +36,7 @@ class PeftSettings:
     k: int = 2                         # top-k layers
     bottleneck: int = 16               # adapter width m
     prompt_length: int = 20            # prompt tuning: p vectors
-    rank: int = 8                      # LoRA r (and alpha = 2r, as in chapter 03)
+    rank: int = 8                      # LoRA r (and alpha = 2r: section 2 says why)
     ranks: tuple[int, ...] = (8,)      # LoRA ranks trained for the rank plot
     learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("top-k layers", (1e-4, 3e-4, 1e-3, 3e-3)), ("BitFit", (1e-3, 3e-3, 1e-2, 3e-2)),
@@ -152,6 +154,69 @@ def prompt_tuning(model: SentenceClassifier, settings: PeftSettings) -> Sentence
     freeze_all_but_head(model)
     model.encoder = PromptTuned(model.encoder, settings.prompt_length)
     return model
+
+
+class LoRALinear(nn.Module):
+    """`base` (frozen) plus a rank-`r` update B·A scaled by `alpha / r`."""
+
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRA wraps nn.Linear layers, not {type(base).__name__}")
+        if r < 1:
+            raise ValueError(f"LoRA rank r must be at least 1, got {r}")
+        self.base = base.requires_grad_(False)
+        self.r, self.scaling = r, alpha / r
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))        # as nn.Linear initialises its weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+
+@add_to_class(LoRALinear)
+def merged(self) -> nn.Linear:
+    """A plain nn.Linear with W + (α/r)·B A: the same outputs, no extra cost at inference."""
+    out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                    device=self.base.weight.device, dtype=self.base.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
+        if self.base.bias is not None:
+            out.bias.copy_(self.base.bias)
+    return out
+
+
+def add_lora(model: nn.Module, targets: Iterable[str] = ("query", "value"), r: int = 8, alpha: float = 16.0,
+             trainable: Iterable[str] = ("classifier",)) -> nn.Module:
+    """Wrap every nn.Linear whose name ends with one of `targets` in a LoRALinear; freeze everything else
+    except parameters whose name contains one of `trainable` (the new task head). Returns the model."""
+    targets, trainable = tuple(targets), tuple(trainable)
+    found = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and name.split(".")[-1] in targets]
+    if not found:
+        raise ValueError(f"no nn.Linear named {targets} in {type(model).__name__}; "
+                         "look at [name for name, _ in model.named_modules()] for the right names")
+    model.requires_grad_(False)
+    for name in found:
+        _replace_module(model, name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha))
+    for name, param in model.named_parameters():
+        param.requires_grad_(param.requires_grad or any(t in name for t in trainable))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by its merged nn.Linear, in place. Returns the model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            _replace_module(model, name, module.merged())
+    return model
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def lora(model: SentenceClassifier, settings: PeftSettings) -> SentenceClassifier:
@@ -373,8 +438,9 @@ def train_ratings(ratings, tokenizer, settings: PeftSettings, lr: float, seed: i
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'PeftSettings', 'PEFT', 'peft_settings', 'freeze_all_but_head', 'count_trainable', 'head_only', 'top_layers',
-    'bitfit', 'Adapter', 'WithAdapter', 'adapters', 'PromptTuned', 'prompt_tuning', 'lora', 'full', 'METHODS',
-    'build', 'trainable_formula', 'trainable_by_part', 'training_sentences', 'probe', 'run_method', 'TRAINED',
-    'PEFT_SWEEP', 'sweep', 'inputs_identity', 'load_sweep', 'trainable_state', 'save_trainable', 'load_trainable',
-    'lora_update_norms', 'RatingRegressor', 'rating_splits', 'predict_ratings', 'train_ratings',
+    'bitfit', 'Adapter', 'WithAdapter', 'adapters', 'PromptTuned', 'prompt_tuning', 'LoRALinear', 'add_lora',
+    'merge_lora', 'lora', 'full', 'METHODS', 'build', 'trainable_formula', 'trainable_by_part',
+    'training_sentences', 'probe', 'run_method', 'TRAINED', 'PEFT_SWEEP', 'sweep', 'inputs_identity', 'load_sweep',
+    'trainable_state', 'save_trainable', 'load_trainable', 'lora_update_norms', 'RatingRegressor', 'rating_splits',
+    'predict_ratings', 'train_ratings',
 ]

@@ -5,14 +5,14 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from course import ch06_peft as peft_chapter
-from course.ch03_model_anatomy import LoRALinear
 from course.ch05_fine_tuning import SentenceClassifier
-from course.ch06_peft import (METHODS, PromptTuned, RatingRegressor, build, count_trainable,
-                              load_sweep, load_trainable, lora_update_norms, peft_settings, save_trainable,
+from course.ch06_peft import (METHODS, LoRALinear, PromptTuned, RatingRegressor, add_lora, build, count_trainable,
+                              load_sweep, load_trainable, lora_update_norms, merge_lora, peft_settings, save_trainable,
                               trainable_by_part, trainable_formula)
+from utils.models import bert_config
 from utils.sweeps import chosen_rates
 
 SETTINGS = replace(peft_settings("cpu"), k=1, bottleneck=4, prompt_length=3, rank=2)
@@ -176,3 +176,32 @@ def test_a_sweep_reuses_earlier_runs_and_trains_only_what_is_new(monkeypatch):
     assert trained == [("LoRA", 3e-3, 0), ("LoRA", 3e-3, 1)]
     assert [(r["method"], r["lr"], r["seed"]) for r in rows] == [
         ("head only", None, 0), ("head only", None, 1), ("LoRA", 1e-3, 0), ("LoRA", 3e-3, 0), ("LoRA", 3e-3, 1)]
+
+
+def test_lora_refuses_what_it_cannot_wrap():
+    with pytest.raises(ValueError, match="no nn.Linear named"):
+        add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), targets=("query",))
+    with pytest.raises(ValueError, match="rank"):
+        LoRALinear(torch.nn.Linear(2, 2), r=0)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LoRALinear(torch.nn.Conv1d(2, 2, 1))
+
+
+def test_lora_starts_as_the_base_model_and_merges_exactly():
+    torch.manual_seed(0)
+    config = bert_config("tiny", vocab_size=50, max_position_embeddings=16)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    before = model(ids).logits
+    add_lora(model, r=4)
+    assert torch.allclose(model(ids).logits, before, atol=0, rtol=0)    # B = 0: nothing changes
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            torch.nn.init.normal_(module.lora_B)                         # as if trained
+    adapted = model(ids).logits
+    assert not torch.allclose(adapted, before)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    merged = merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert torch.allclose(merged(ids).logits, adapted, atol=1e-5)
