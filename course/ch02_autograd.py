@@ -106,17 +106,13 @@ def topological_order(root) -> list:
 
 
 def backpropagate(root, seed, retain_graph: bool = False) -> None:
-    """Set root.grad = seed, then apply every node's local chain-rule step from the output backwards.
-
-    PyTorch's contract: leaves (inputs, weights) accumulate over backward passes; a second pass through the
-    same graph is an error unless the first kept it (retain_graph=True). Without that rule a re-run cell
-    would add the intermediate gradients again on top of the old ones and silently compound them."""
+    """Set root.grad = seed, then apply every node's local chain-rule step from the output backwards."""
     order = topological_order(root)
     inner = [node for node in order if node.parents]
     if any(getattr(node, "used", False) for node in inner):
         raise RuntimeError("backward() through this graph a second time: compute the loss again, or pass "
                            "retain_graph=True to the first backward()")
-    for node in inner:                  # a kept graph starts again from zero, except at the leaves
+    for node in inner:                  # Value's gradients start at 0.0, Tensor's (section 3) at None
         node.grad = 0.0 if isinstance(node, Value) else None
     root.grad = seed
     for node in reversed(order):
@@ -139,7 +135,7 @@ class Tensor:
     """A NumPy array that records the operations that produced it, like a (much) smaller torch.Tensor."""
 
     def __init__(self, data, parents: tuple = (), op: str = "", requires_grad: bool = False):
-        # A leaf copies the caller's array (as torch.tensor does): training must not change the learner's data.
+        # a leaf copies the array it is given, as torch.tensor does
         self.data = np.asarray(data, dtype=np.float64) if parents else np.array(data, dtype=np.float64)
         self.grad: np.ndarray | None = None
         self.parents = parents
@@ -153,19 +149,23 @@ class Tensor:
     def __repr__(self) -> str:
         return f"Tensor(shape={self.shape}, op={self.op!r})"
 
-    def accumulate(self, grad: np.ndarray) -> None:
-        """Add an incoming gradient, undoing any broadcasting first."""
-        grad = unbroadcast(grad, self.shape)
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def _result(self, data, parents: tuple, op: str, backward_step: Callable[[np.ndarray], None]) -> "Tensor":
-        out = type(self)(data, parents, op)         # a subclass (new operations) keeps its class
-        out.backward_step = lambda: backward_step(out.grad)
-        return out
-
 
 def as_tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
+
+
+@add_to_class(Tensor)
+def accumulate(self, grad: np.ndarray) -> None:
+    """Add an incoming gradient, undoing any broadcasting first."""
+    grad = unbroadcast(grad, self.shape)
+    self.grad = grad if self.grad is None else self.grad + grad
+
+
+@add_to_class(Tensor)
+def _result(self, data, parents: tuple, op: str, backward_step: Callable[[np.ndarray], None]) -> "Tensor":
+    out = type(self)(data, parents, op)         # a subclass (new operations) keeps its class
+    out.backward_step = lambda: backward_step(out.grad)
+    return out
 
 
 @add_to_class(Tensor)

@@ -3,9 +3,6 @@
 
 
 import math
-import re
-from collections import Counter
-from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -169,49 +166,6 @@ def parameter_formulas(config, *, pooler: bool = True, mlm_head: bool = False,
     return formulas
 
 
-COMPONENT_RULES = (                       # first match wins
-    (r"lora_[AB]", "LoRA"),
-    (r"word_embeddings", "token embeddings"),
-    (r"position_embeddings", "position embeddings"),
-    (r"token_type_embeddings", "token type embeddings"),
-    (r"embeddings\.LayerNorm", "embedding LayerNorm"),
-    (r"pooler", "pooler"),
-    (r"cls\.predictions", "MLM head"),
-    (r"classifier", "classification head"),
-    (r"attention\.self\.(query|key|value)", "attention Q, K, V"),
-    (r"attention\.output\.dense", "attention output"),
-    (r"LayerNorm", "LayerNorms in layers"),
-    (r"intermediate\.dense|layer\.\d+\.output\.dense", "feed-forward"),
-)
-
-
-def component_of(name: str) -> str:
-    """The component a parameter belongs to, from its name in a transformers BERT."""
-    for pattern, component in COMPONENT_RULES:
-        if re.search(pattern, name):
-            return component
-    raise ValueError(f"parameter {name!r} does not belong to any known BERT component")
-
-
-def count_by_component(model: nn.Module, trainable_only: bool = False) -> dict[str, int]:
-    """Parameters per component, counted (tied weights once, as model.parameters() yields them)."""
-    counts: Counter[str] = Counter()
-    for name, param in model.named_parameters():
-        if param.requires_grad or not trainable_only:
-            counts[component_of(name)] += param.numel()
-    return dict(counts)
-
-
-def count_by_layer(model: nn.Module) -> list[int]:
-    """Parameters in each encoder layer, counted."""
-    counts: Counter[int] = Counter()
-    for name, param in model.named_parameters():
-        match = re.search(r"encoder\.layer\.(\d+)\.", name)
-        if match:
-            counts[int(match.group(1))] += param.numel()
-    return [counts[i] for i in range(len(counts))]
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -227,6 +181,7 @@ def markov_sequences(n, seed):
     x = np.zeros((n, SEQ), dtype=np.int64)
     x[:, 0] = rng.integers(VOCAB, size=n)
     for t in range(1, SEQ):
+        # sample the next symbol: how many of the cumulative probabilities a uniform draw exceeds
         x[:, t] = (rng.random((n, 1)) > transitions[x[:, t - 1]].cumsum(1)).sum(1)
     return torch.from_numpy(x)
 
@@ -235,133 +190,8 @@ def mask_tokens(x, generator):
     return x.masked_fill(masked, MASK_ID), x.masked_fill(~masked, -100)   # inputs, labels (-100: ignored)
 
 
-class LoRALinear(nn.Module):
-    """`base` (frozen) plus a rank-`r` update scaled by `alpha / r`."""
-
-    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRA wraps nn.Linear layers, not {type(base).__name__}")
-        if r < 1:
-            raise ValueError(f"LoRA rank r must be at least 1, got {r}")
-        self.base = base.requires_grad_(False)
-        self.r, self.scaling = r, alpha / r
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))        # as nn.Linear initialises its weight
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
-
-
-@add_to_class(LoRALinear)
-def merged(self) -> nn.Linear:
-    """A plain nn.Linear with W + (α/r)·B A: the same outputs, no extra cost at inference."""
-    out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
-                    device=self.base.weight.device, dtype=self.base.weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(self.base.weight + self.scaling * self.lora_B @ self.lora_A)
-        if self.base.bias is not None:
-            out.bias.copy_(self.base.bias)
-    return out
-
-
-def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def add_lora(model: nn.Module, targets: Iterable[str] = ("query", "value"), r: int = 8, alpha: float = 16.0,
-             dropout: float = 0.0, trainable: Iterable[str] = ("classifier",)) -> nn.Module:
-    """Wrap every nn.Linear whose name ends with one of `targets` in a LoRALinear; freeze everything else
-    except modules whose name contains one of `trainable` (the new task head). Returns the model."""
-    targets, trainable = tuple(targets), tuple(trainable)
-    found = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.split(".")[-1] in targets]
-    if not found:
-        raise ValueError(f"no nn.Linear named {targets} in {type(model).__name__}; "
-                         "look at [name for name, _ in model.named_modules()] for the right names")
-    model.requires_grad_(False)
-    for name, module in found:
-        _replace_module(model, name, LoRALinear(module, r=r, alpha=alpha, dropout=dropout))
-    for name, param in model.named_parameters():
-        if any(t in name for t in trainable):
-            param.requires_grad_(True)
-    return model
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by its merged nn.Linear, in place. Returns the model."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            _replace_module(model, name, module.merged())
-    return model
-
-
-STRATEGIES = ("full", "frozen embeddings", "top-k layers", "BitFit", "LoRA")
-
-
-def apply_strategy(model: nn.Module, strategy: str, *, k: int = 2, r: int = 8, alpha: float = 16.0,
-                   targets: tuple[str, ...] = ("query", "value")) -> nn.Module:
-    """Set requires_grad for a fine-tuning strategy (LoRA also adds its adapters). Returns the model.
-    The head ("classifier") always trains; "top-k layers" trains the last k layers and the pooler."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    model.requires_grad_(True)
-    if strategy == "frozen embeddings":
-        for name, param in model.named_parameters():
-            if ".embeddings." in f".{name}":
-                param.requires_grad_(False)
-    elif strategy == "top-k layers":
-        layers = _encoder_layers(model)
-        if not 0 <= k <= len(layers):
-            raise ValueError(f"k={k} layers, but the model has {len(layers)}")
-        model.requires_grad_(False)
-        for layer in list(layers)[len(layers) - k:]:
-            layer.requires_grad_(True)
-        for name, param in model.named_parameters():
-            if "pooler" in name or "classifier" in name:
-                param.requires_grad_(True)
-    elif strategy == "BitFit":                   # every bias, LayerNorm's too
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.endswith("bias") or "classifier" in name)
-    elif strategy == "LoRA":
-        add_lora(model, targets=targets, r=r, alpha=alpha)
-    return model
-
-
-def _encoder_layers(model: nn.Module):
-    for module in model.modules():
-        if hasattr(module, "layer") and isinstance(module.layer, nn.ModuleList):
-            return module.layer
-    raise ValueError(f"{type(model).__name__} has no encoder.layer list; apply_strategy expects a transformers BERT")
-
-
-def trainable_formula(config, strategy: str, *, num_labels: int = 2, k: int = 2, r: int = 8,
-                      targets: tuple[str, ...] = ("query", "value")) -> int:
-    """Trainable parameters of a BertForSequenceClassification under `strategy`, from the configuration."""
-    V, P, T, H, F, L = _sizes(config)
-    head = H * num_labels + num_labels
-    total = sum(parameter_formulas(config, num_labels=num_labels).values())
-    if strategy == "full":
-        return total
-    if strategy == "frozen embeddings":
-        return total - (V + P + T) * H - 2 * H
-    if strategy == "top-k layers":
-        return k * layer_formula(config) + (H * H + H) + head
-    if strategy == "BitFit":
-        per_layer = 4 * H + (F + H) + 2 * H         # Q, K, V, O biases; FFN biases; two LayerNorm biases
-        return L * per_layer + H + H + head         # + embedding LayerNorm bias + pooler bias
-    if strategy == "LoRA":
-        return L * len(targets) * r * (H + H) + head   # Q and V are H × H: A is r × H, B is H × r
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-
-
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'MultiHeadSelfAttention', 'EncoderLayer', 'load_bert_layer', 'Embeddings', 'Encoder', 'encoder_from_bert',
-    'layer_formula', 'parameter_formulas', 'COMPONENT_RULES', 'component_of', 'count_by_component',
-    'count_by_layer', 'count_parameters', 'VOCAB', 'SEQ', 'MASK_ID', 'chain_rng', 'transitions', 'markov_sequences',
-    'mask_tokens', 'LoRALinear', 'add_lora', 'merge_lora', 'STRATEGIES', 'apply_strategy', 'trainable_formula',
+    'layer_formula', 'parameter_formulas', 'count_parameters', 'VOCAB', 'SEQ', 'MASK_ID', 'chain_rng',
+    'transitions', 'markov_sequences', 'mask_tokens',
 ]

@@ -175,3 +175,9 @@ def test_a_tensor_copies_the_callers_array():
     t = Tensor(data, requires_grad=True)
     t.data -= 1.0                                            # what an SGD step does
     assert np.array_equal(data, np.ones(3))
+
+
+def test_a_random_expression_reads_as_formulas():
+    from utils.random_programs import describe_expression
+    text = describe_expression([("exp", 1, 2, 3.0), ("pow", 3, 0, 0.5), ("mul", 4, 1, 2.0)], n_inputs=3)
+    assert text == "v3 = exp(tanh(v1)); v4 = (v3² + 1)^0.5; v5 = v4 × v1; result = v3 + … + v5"

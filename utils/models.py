@@ -2,6 +2,8 @@
 
   bert_config("mini")           a BertConfig for one of MODEL_SIZES (overrides as keyword arguments)
   build_on_meta(config, cls)    the model's structure with no weights in memory (for counting)
+  count_by_component(model)     parameters per BERT component (embeddings, attention, …), from their names
+  count_by_layer(model)         parameters in each encoder layer
   load_pretrained(cls)          the course's real pretrained encoder (offline package, hub, or a folder)
   load_llm()                    the course's real small LLM, SmolLM2-135M-Instruct, and its tokenizer (Part II)
   quiet_libraries()             transformers and datasets without warnings or progress bars (notebooks)
@@ -15,6 +17,8 @@ laptop CPU ("tiny", "mini") and a GPU ("small"). Their vocabulary is the course'
 from __future__ import annotations
 
 import contextlib
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,6 +61,49 @@ def build_on_meta(config, model_class=None):
         model = model_class(config)
     model.tie_weights()    # transformers 5.0 leaves a meta model's tied weights (MLM decoder) untied
     return model
+
+
+# A transformers BERT's parameter name -> the row of chapter 03's table it belongs to; first match wins.
+COMPONENT_RULES = (
+    (r"word_embeddings", "token embeddings"),
+    (r"position_embeddings", "position embeddings"),
+    (r"token_type_embeddings", "token type embeddings"),
+    (r"embeddings\.LayerNorm", "embedding LayerNorm"),
+    (r"pooler", "pooler"),
+    (r"cls\.predictions", "MLM head"),
+    (r"classifier", "classification head"),
+    (r"attention\.self\.(query|key|value)", "attention Q, K, V"),
+    (r"attention\.output\.dense", "attention output"),
+    (r"LayerNorm", "LayerNorms in layers"),
+    (r"intermediate\.dense|layer\.\d+\.output\.dense", "feed-forward"),
+)
+
+
+def component_of(name: str) -> str:
+    """The component a parameter belongs to, from its name in a transformers BERT."""
+    for pattern, component in COMPONENT_RULES:
+        if re.search(pattern, name):
+            return component
+    raise ValueError(f"parameter {name!r} does not belong to any known BERT component")
+
+
+def count_by_component(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, int]:
+    """Parameters per component, counted (tied weights once, as model.parameters() yields them)."""
+    counts: Counter[str] = Counter()
+    for name, param in model.named_parameters():
+        if param.requires_grad or not trainable_only:
+            counts[component_of(name)] += param.numel()
+    return dict(counts)
+
+
+def count_by_layer(model: torch.nn.Module) -> list[int]:
+    """Parameters in each encoder layer (`encoder.layer.<i>.`), counted."""
+    counts: Counter[int] = Counter()
+    for name, param in model.named_parameters():
+        match = re.search(r"encoder\.layer\.(\d+)\.", name)
+        if match:
+            counts[int(match.group(1))] += param.numel()
+    return [counts[i] for i in range(len(counts))]
 
 
 def pretrained_source(source: str | None = None, weights: bool = True) -> str:

@@ -149,3 +149,12 @@ def network_gradient_gap(net, inputs: np.ndarray, targets: np.ndarray, cross_ent
         h = getattr(torch, net.activation)(h) if j < len(params) - 2 else h
     torch.nn.functional.cross_entropy(h, torch.as_tensor(targets)).backward()
     return max(float(np.abs(p.grad - q.grad.numpy()).max()) for p, q in zip(net.parameters(), params))
+
+
+def describe_expression(program: list[tuple], n_inputs: int = 3) -> str:
+    """A `random_expression` as formulas, one per step (v0 … v{n_inputs-1} are the inputs), as it is run."""
+    forms = {"add": "{x} + {y}", "sub": "{x} − {y}", "mul": "{x} × {y}", "div": "{x} / ({y}² + 1)",
+             "pow": "({x}² + 1)^{e:g}", "exp": "exp(tanh({x}))", "log": "log({x}² + 1)"}
+    steps = [f"v{n_inputs + i} = " + forms.get(op, op + "({x})").format(x=f"v{a}", y=f"v{b}", e=exponent)
+             for i, (op, a, b, exponent) in enumerate(program)]
+    return "; ".join(steps) + f"; result = v{n_inputs} + … + v{n_inputs + len(program) - 1}"
