@@ -134,13 +134,14 @@ def tensor_gradient_gap(program: dict, leaf: Callable, cross_entropy: Callable) 
     ours = {k: leaf(v) for k, v in program["leaves"].items()}
     theirs = {k: _torch_leaf(v) for k, v in program["leaves"].items()}
     cross_entropy(run_tensor_program(program, ours), program["targets"]).backward()
-    torch.nn.functional.cross_entropy(run_tensor_program(program, theirs), torch.as_tensor(program["targets"])).backward()
+    targets = torch.as_tensor(program["targets"])
+    torch.nn.functional.cross_entropy(run_tensor_program(program, theirs), targets).backward()
     return _largest_gap((ours[k].grad, theirs[k].grad) for k in ours)
 
 
-def network_gradient_gap(net, inputs: np.ndarray, targets: np.ndarray, cross_entropy: Callable) -> float:
-    """Largest absolute difference between the parameter gradients of our `net` (an MLP whose `parameters()`
-    alternate weight (in × out), bias, with `net.activation` between layers) and the same network in torch."""
+def network_gradients(net, inputs: np.ndarray, targets: np.ndarray, cross_entropy: Callable) -> list[tuple]:
+    """(ours, torch's) gradient of every parameter of our `net` (an MLP whose `parameters()` alternate weight
+    (in × out), bias, with `net.activation` between layers) and of the same network rebuilt in torch."""
     cross_entropy(net(inputs), targets).backward()
     params = [_torch_leaf(p.data) for p in net.parameters()]
     h = torch.tensor(inputs)
@@ -148,7 +149,13 @@ def network_gradient_gap(net, inputs: np.ndarray, targets: np.ndarray, cross_ent
         h = h @ params[j] + params[j + 1]
         h = getattr(torch, net.activation)(h) if j < len(params) - 2 else h
     torch.nn.functional.cross_entropy(h, torch.as_tensor(targets)).backward()
-    return max(float(np.abs(p.grad - q.grad.numpy()).max()) for p, q in zip(net.parameters(), params))
+    return [(p.grad, q.grad.numpy()) for p, q in zip(net.parameters(), params)]
+
+
+def network_gradient_gap(net, inputs: np.ndarray, targets: np.ndarray, cross_entropy: Callable) -> float:
+    """Largest absolute difference between our `net`'s parameter gradients and torch's (`network_gradients`)."""
+    pairs = network_gradients(net, inputs, targets, cross_entropy)
+    return max(float(np.abs(ours - theirs).max()) for ours, theirs in pairs)
 
 
 def describe_expression(program: list[tuple], n_inputs: int = 3) -> str:
