@@ -26,7 +26,7 @@ import torch
 import utils
 from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,
                                      bert_style, unigram_baseline)
-from course.ch05_fine_tuning import (RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZES, experiment_for,
+from course.ch05_fine_tuning import (BENCH_LEARNING_RATES, RECIPE_LEVERS, RECIPE_VARIANTS, SCALING_SIZES, experiment_for,
                                      fine_tune, new_classifier, predict_proba, prepare, RECIPES,
                                      recipes_settings, run_arm, scaling_identity, scores, subset)
 from utils.data import load_corpus, load_sentiment
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def runs(earlier: list[dict]) -> list[dict]:
         rows, scored = [], {}
-        rates = dict(experiment.learning_rates)
+        rates = dict(BENCH_LEARNING_RATES)
         random_done: set[tuple] = set()                  # random weights depend only on the tokenizer
         for name, changes in RECIPE_VARIANTS:
             variant = replace(recipe, **changes)

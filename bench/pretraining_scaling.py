@@ -26,7 +26,7 @@ import torch
 import utils
 from course.ch04_pretraining import (corpus, fixed_masked_set, pack_blocks, pretrained_mini_bert,
                                      bert_style, unigram_baseline)
-from course.ch05_fine_tuning import (SCALING, SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run_arm,
+from course.ch05_fine_tuning import (BENCH_LEARNING_RATES, SCALING, SCALING_MULTIPLES, SCALING_SIZES, experiment_for, prepare, run_arm,
                                      scaling_identity, scaling_settings)
 from utils.data import load_corpus, load_sentiment
 from utils.models import build_on_meta
@@ -59,7 +59,7 @@ def fine_tune_rows(arm: str, folder: Path, prepared, experiment, budget: dict) -
     def runner(size, seed, lr):
         row = run_arm(arm, prepared, size, experiment.budget(size, seed, lr), mini_bert=folder)
         return {**row, "sentences": row["size"]}
-    return protocol(budget, SCALING_SIZES, dict(experiment.learning_rates)[arm], experiment.seeds, runner)
+    return protocol(budget, SCALING_SIZES, dict(BENCH_LEARNING_RATES)[arm], experiment.seeds, runner)
 
 
 def protocol(label: dict, sizes, rates, seeds, runner, show: str = "") -> list[dict]:

@@ -1,10 +1,11 @@
 """utils.sweeps: a committed sweep record keeps what it was made from and refuses other settings or inputs."""
 import json
+import math
 
 import pytest
 
-from utils.sweeps import (SweepRecord, best_rate, chosen_rates, make_sweep, read_record, sweep_arguments, sweep_command,
-                          tune_then_repeat, write_record)
+from utils.sweeps import (SweepRecord, at_edge, best_rate, bracketed_rate, chosen_rates, make_sweep, read_record,
+                          sweep_arguments, sweep_command, tune_then_repeat, write_record)
 
 SETTINGS = {"steps": 10, "learning_rates": [["LoRA", [1e-3, 3e-3]]], "seeds": (0, 1)}
 INPUTS = {"sentiment sha256": "aaaa", "model": "bbbb"}
@@ -78,6 +79,21 @@ def test_the_protocol_tries_every_rate_on_the_first_seed_and_repeats_the_best():
     assert best_rate(rows[:4]) == 3e-4 and best_rate(list(reversed(rows[:4]))) == 3e-4
     rows.append({"arm": "x", "lr": None, "seed": 0, "validation accuracy": 0.99})      # nothing trained: no rate
     assert chosen_rates([{**row, "arm": "a"} for row in rows[:-1]] + rows[-1:], by="arm") == {"a": 3e-4}
+
+
+def test_a_bracketed_rate_steps_past_an_edge_until_the_best_is_inside():
+    def train(lr):
+        return {"lr": lr, "validation accuracy": -abs(math.log10(lr) - math.log10(best_lr))}
+    best_lr = 3e-2                                                     # beyond the grid's top: two more steps
+    rate, rows = bracketed_rate((1e-3, 3e-3, 1e-2), train)
+    assert rate == 3e-2 and [row["lr"] for row in rows] == [1e-3, 3e-3, 1e-2, 3e-2, 9e-2] and not at_edge(rate, rows)
+    best_lr = 3e-3                                                     # inside already: nothing more
+    assert [row["lr"] for row in bracketed_rate((1e-3, 3e-3, 1e-2), train)[1]] == [1e-3, 3e-3, 1e-2]
+    best_lr = 1e-6                                                     # far below: stops after `extra` steps, at the edge
+    rate, rows = bracketed_rate((1e-3, 3e-3, 1e-2), train, extra=1)
+    assert rate == float(f"{1e-3 / 3:.3g}") and at_edge(rate, rows)
+    with pytest.raises(ValueError, match="at least 3 rates"):
+        bracketed_rate((1e-3, 3e-3), train)
 
 
 def test_a_sweep_record_names_its_file_and_the_command_that_makes_it(tmp_path):

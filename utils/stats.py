@@ -1,4 +1,4 @@
-"""The course's one noise rule, for every comparison of two arms over seeds.
+"""The course's one noise rule, for every comparison of two arms over seeds (or over test items).
 
 Two arms trained with the same seeds (same data order, same initial draws where they share them) are compared
 *paired*: the difference per seed, its mean, and its standard deviation with ddof=1. A difference is beyond the
@@ -34,6 +34,31 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     return {"mean": mean, "sd": sd, "half_width": half, "beyond_noise": abs(mean) > half}
 
 
+def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | bool]:
+    """mean(a) − mean(b) where nothing pairs the runs (e.g. load tests run one after the other): {"mean", "sd" (of
+    the difference: √(sa²/na + sb²/nb), each sd with ddof=1), "half_width" (95%, two-sided, Welch's degrees of
+    freedom), "beyond_noise"}. Use `paired_difference` whenever the runs share seeds or test items."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"the noise rule needs at least 2 runs per arm (got {len(a)} and {len(b)}): run more repeats")
+    def mean_var(x):
+        m = sum(x) / len(x)
+        return m, sum((v - m) ** 2 for v in x) / (len(x) - 1) / len(x)
+    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
+    sd = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+    half = t_975(max(1, int(dof))) * sd
+    return {"mean": ma - mb, "sd": sd, "half_width": half, "beyond_noise": abs(ma - mb) > half}
+
+
 def proportion_half_width(p: float, n: int) -> float:
     """The 95% half-width of an accuracy `p` measured on `n` independent examples (the test set's own noise)."""
     return 1.96 * math.sqrt(p * (1 - p) / n)
+
+
+def new_run_half_width(values: Sequence[float]) -> float:
+    """How far one more run of the same recipe may land from the mean of `values` (runs over seeds), 95% two-sided:
+    t·sd·√(1 + 1/n), sd with ddof=1 (a prediction interval: the new run's own noise plus the mean's)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return t_975(n - 1) * sd * math.sqrt(1 + 1 / n)

@@ -34,6 +34,35 @@ def best_rate(rows: Sequence[Mapping[str, Any]], key: str = "validation accuracy
     return min(rows, key=lambda row: (-row[key], row["lr"]))["lr"]
 
 
+def bracketed_rate(grid: Sequence[float], train: Callable[[float], Mapping[str, Any]], extra: int = 2,
+                   key: str = "validation accuracy") -> tuple[float, list[dict[str, Any]]]:
+    """A rate chosen *inside* its grid: train at every rate of `grid` (at least 3, increasing), and while the best
+    on validation (`best_rate`) is the smallest or the largest rate tried, try one more step beyond it (the grid's
+    first ratio), at most `extra` times. Returns (rate, rows tried); the rate may still be at an edge when the
+    extra steps run out (`at_edge` tells)."""
+    grid = sorted(grid)
+    if len(grid) < 3:
+        raise ValueError(f"a rate grid needs at least 3 rates to have an inside (got {list(grid)}): add one on each side")
+    ratio = grid[1] / grid[0]
+    rows = [dict(train(lr)) for lr in grid]
+    for _ in range(extra):
+        best = best_rate(rows)
+        tried = sorted(row["lr"] for row in rows)
+        if best == tried[0]:
+            rows.append(dict(train(float(f"{best / ratio:.3g}"))))
+        elif best == tried[-1]:
+            rows.append(dict(train(float(f"{best * ratio:.3g}"))))
+        else:
+            break
+    return best_rate(rows, key), rows
+
+
+def at_edge(rate: float, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether `rate` is the smallest or the largest rate among `rows` (then a better one may lie outside)."""
+    tried = [row["lr"] for row in rows]
+    return rate in (min(tried), max(tried))
+
+
 def tune_then_repeat(rates: Sequence[float], seeds: Sequence[int],
                      train: Callable[[float, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The protocol for one arm: `train(lr, seed)` at every rate with seeds[0], the best on validation kept
