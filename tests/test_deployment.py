@@ -43,12 +43,13 @@ def predictor(model, tokenizer):
 
 # --- request checks ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, words", [
-    (b'{"texts": ["x"', 400, "not JSON"), (b"\xff\xfe", 400, "not JSON"), (b'["a"]', 422, "an array without"),
-    (b'{"text": ["a"]}', 422, "without \"texts\""), (b'{"texts": ["a"], "top_k": 2}', 422, "unknown field"),
-    (b'{"texts": "a"}', 422, "is a string"), (b'{"texts": []}', 422, "empty"), (b'{"texts": ["a", 5]}', 422, "texts[1]"),
-    (b'{"texts": [null]}', 422, "null"), (b'{"texts": ["  "]}', 422, "only spaces"),
-    (json.dumps({"texts": ["a"] * (ch08.MAX_TEXTS + 1)}).encode(), 413, "the limit is"),
-    (json.dumps({"texts": ["a" * (ch08.MAX_CHARACTERS + 1)]}).encode(), 413, "characters")])
+    (b'{"texts": ["x"', 400, "not JSON"), (b"\xff\xfe", 400, "not JSON"), (b'["a"]', 422, "the body: input should be an object"),
+    (b'{"text": ["a"]}', 422, "text: extra inputs are not permitted"), (b'{"texts": ["a"], "top_k": 2}', 422, "top_k: extra inputs"),
+    (b'{"texts": "a"}', 422, "texts: input should be a valid array"), (b'{"texts": []}', 422, "at least 1 item"),
+    (b'{"texts": ["a", 5]}', 422, "texts[1]: input should be a valid string"), (b'{"texts": [null]}', 422, "texts[0]"),
+    (b'{"texts": ["  "]}', 422, "texts: item 0 is empty or only spaces"),
+    (json.dumps({"texts": ["a"] * (ch08.MAX_TEXTS + 1)}).encode(), 413, f"at most {ch08.MAX_TEXTS} items"),
+    (json.dumps({"texts": ["a" * (ch08.MAX_CHARACTERS + 1)]}).encode(), 413, f"at most {ch08.MAX_CHARACTERS} characters")])
 def test_bad_requests_get_a_status_and_a_one_line_reason(body, status, words):
     with pytest.raises(BadRequest, match=words.replace("[", r"\[").replace("]", r"\]")) as error:
         read_texts(body)

@@ -70,13 +70,18 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
 
 
 def openai_plumbing(app: Any, model_name: str) -> None:
-    """On a FastAPI app: requests that fail validation answered with OpenAI's error object and status 400 (the
-    first problem, in one line; FastAPI's default is a 422 with a list), and GET /v1/models naming `model_name`."""
+    """On a FastAPI app: requests to /v1/ routes that fail validation answered with OpenAI's error object and
+    status 400 (the first problem, in one line; FastAPI's default is a 422 with a list; other routes keep the
+    app's own answer), and GET /v1/models naming `model_name`."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
 
+    other_routes = app.exception_handlers.get(RequestValidationError)    # e.g. chapter 08's /predict, its own format
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, problem: RequestValidationError):
+        if other_routes is not None and not request.url.path.startswith("/v1/"):
+            return await other_routes(request, problem)
         first = problem.errors()[0]
         if first["type"] == "json_invalid":
             return openai_error(400, f"the request body is not valid JSON ({first['ctx'].get('error', '?')})")
