@@ -4,6 +4,8 @@ Two arms trained with the same seeds (same data order, same initial draws where 
 *paired*: the difference per seed, its mean, and its standard deviation with ddof=1. A difference is beyond the
 noise when the two-sided 95% interval of its mean, mean ± t·sd/√n (Student's t with n − 1 degrees of freedom),
 leaves out zero. With 3 seeds t is 4.30, not 1.96: few seeds buy a wide interval, and the rule says so.
+Where one run per arm is all there is, the pairs are the test items (right or wrong, item by item); where runs share
+no seed and no item (load tests made one after the other), `unpaired_difference` is the same rule, unpaired.
 """
 from __future__ import annotations
 

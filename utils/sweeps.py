@@ -46,7 +46,7 @@ def bracketed_rate(grid: Sequence[float], train: Callable[[float], Mapping[str, 
     ratio = grid[1] / grid[0]
     rows = [dict(train(lr)) for lr in grid]
     for _ in range(extra):
-        best = best_rate(rows)
+        best = best_rate(rows, key)
         tried = sorted(row["lr"] for row in rows)
         if best == tried[0]:
             rows.append(dict(train(float(f"{best / ratio:.3g}"))))
