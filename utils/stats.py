@@ -24,14 +24,20 @@ def t_975(dof: int) -> float:
     return 1.96 if dof > 30 else T_975[max(d for d in T_975 if d <= dof)]
 
 
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the standard deviation with ddof=1 (nan for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | bool]:
     """a − b seed by seed: {"mean", "sd" (ddof=1), "half_width" (95%, two-sided), "beyond_noise"}."""
     if len(a) != len(b):
         raise ValueError(f"a paired comparison needs one value per seed in each arm (got {len(a)} and {len(b)})")
     diffs = [x - y for x, y in zip(a, b)]
     n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
+    mean, sd = _mean_sd(diffs)
     half = t_975(n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "half_width": half, "beyond_noise": abs(mean) > half}
 
@@ -42,10 +48,8 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, flo
     freedom), "beyond_noise"}. Use `paired_difference` whenever the runs share seeds or test items."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"the noise rule needs at least 2 runs per arm (got {len(a)} and {len(b)}): run more repeats")
-    def mean_var(x):
-        m = sum(x) / len(x)
-        return m, sum((v - m) ** 2 for v in x) / (len(x) - 1) / len(x)
-    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
+    (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)                    # the variances of the two means
     sd = math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
     half = t_975(max(1, int(dof))) * sd
@@ -61,6 +65,4 @@ def new_run_half_width(values: Sequence[float]) -> float:
     """How far one more run of the same recipe may land from the mean of `values` (runs over seeds), 95% two-sided:
     t·sd·√(1 + 1/n), sd with ddof=1 (a prediction interval: the new run's own noise plus the mean's)."""
     n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return t_975(n - 1) * sd * math.sqrt(1 + 1 / n)
+    return t_975(n - 1) * _mean_sd(values)[1] * math.sqrt(1 + 1 / n)
