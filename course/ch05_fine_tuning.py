@@ -211,12 +211,17 @@ class SentenceClassifier(nn.Module):
 
 
 @add_to_class(SentenceClassifier)
-def sentence_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One vector per sentence from its token vectors: the [CLS] vector, or their mean over the real tokens."""
     if self.pooling == "cls":
         return hidden[:, 0]
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+@add_to_class(SentenceClassifier)
+def sentence_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return self.pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask)
 
 
 @add_to_class(SentenceClassifier)

@@ -359,16 +359,12 @@ class HiddenDistilled(Distilled):
 
     def __init__(self, student: SentenceClassifier, teacher_encoder: nn.Module, temperature: float = 2.0,
                  alpha: float = 0.9, hidden_weight: float = 1.0):
-        if student.pooling != "mean":
-            raise ValueError(f"HiddenDistilled pools by the mean, as the teacher does; this student pools by {student.pooling!r}")
         super().__init__(student, temperature, alpha)
         self.teacher_encoder, self.hidden_weight = teacher_encoder.eval().requires_grad_(False), hidden_weight
 
     def forward(self, input_ids, attention_mask, labels=None, teacher_logits=None, **ignored):
         hidden = self.student.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        sentence = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)      # the student's mean pooling
-        logits = self.student.classifier(self.student.dropout(sentence)).float()
+        logits = self.student.classifier(self.student.dropout(self.student.pool(hidden, attention_mask))).float()
         if teacher_logits is None:                                   # evaluation: no loss needed
             return SequenceClassifierOutput(logits=logits)
         with torch.no_grad():
