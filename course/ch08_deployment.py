@@ -4,11 +4,9 @@
 
 import asyncio
 import json
-import logging
 import os
 import shutil
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from course.ch05_fine_tuning import (LABELS, MAX_LENGTH, NEUTRAL_CONFIDENCE, bat
 from course.ch03_model_anatomy import count_parameters
 from course.ch07_distillation import student
 from utils.data import load_sentiment, sources
+from utils.models import quiet_loggers
 from utils.serving import call_elsewhere
 
 
@@ -33,7 +32,7 @@ SERVABLE_MODELS = {"student": ("07", student, "a mini-BERT (chapter 04's archite
                                       "teacher on an augmented transfer set (chapter 07)"),
            "teacher": ("05", teacher, "all-MiniLM-L6-v2 with a mean-pooling head, fine-tuned on the training "
                                       "sentences (chapter 05)")}
-CARD_FORMAT = "1"
+CARD_FORMAT = "2"     # bumped when the card's text changes: cached folders are remade
 
 
 def source_folder(name: str) -> Path:
@@ -65,7 +64,10 @@ def card_facts(name: str, folder: Path, model: nn.Module, measured: dict[str, An
     recorded = json.loads((folder / "classifier.json").read_text())
     config = model.config
     weights = utils.artifacts.sha256_file(folder / "model.safetensors")
-    licences = {"sentences": sources()["rt-sentences"]["licence"]}
+    licences = {}
+    for part in sources()["rt-sentences"]["licence"].split("; "):       # "ratings: …; sentences: …"
+        what, _, terms = part.rpartition(": ")
+        licences[f"training {what or 'data'}"] = terms
     if name == "teacher":
         licences["pretrained weights"] = sources()["all-MiniLM-L6-v2"]["licence"]
     chapter, _, description = SERVABLE_MODELS.get(name, ("?", None, "a classifier saved with chapter 05's save_classifier"))
@@ -225,28 +227,19 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path) -> Path:
                         return_tensors="pt")
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     axes = {0: batch, 1: sequence}
-    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "onnxscript", "torch.export")]
-    levels = [logger.level for logger in quiet]
-    try:
-        for logger in quiet:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # torch.export's notes on axis names and pytree deprecations
-            torch.onnx.export(LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
-                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                              dynamic_shapes={"input_ids": axes, "attention_mask": axes}, dynamo=True,
-                              external_data=False, verbose=False)
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
+    with quiet_loggers("torch.onnx", "torch._dynamo", "onnxscript", "torch.export"):   # the exporter narrates
+        torch.onnx.export(LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_shapes={"input_ids": axes, "attention_mask": axes}, dynamo=True,
+                          external_data=False, verbose=False)
     return path
 
 
 def quantise_onnx(source: str | Path, target: str | Path) -> Path:
     """onnxruntime's dynamic int8 quantisation: int8 weights, activations quantised on the fly (like chapter 07)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    logging.getLogger("root").setLevel(logging.ERROR)
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    with quiet_loggers("root"):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     return Path(target)
 
 

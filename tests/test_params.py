@@ -30,3 +30,19 @@ def test_bad_inputs_say_what_to_do():
         bert_config("tiny", num_attention_heads=3)
     with pytest.raises(ValueError, match="does not belong"):
         component_of("decoder.weight")
+
+
+def test_quiet_loggers_silences_a_block_and_restores_the_levels():
+    import logging
+    import warnings
+    from utils.models import quiet_loggers
+    logger = logging.getLogger("from_zero_test_exporter")
+    logger.setLevel(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_loggers("from_zero_test_exporter"):
+            assert logger.level == logging.ERROR
+            warnings.warn("the exporter narrates")
+        warnings.warn("after the block")
+    assert logger.level == logging.INFO
+    assert [str(w.message) for w in caught] == ["after the block"]

@@ -7,6 +7,7 @@
   load_pretrained(cls)          the course's real pretrained encoder (offline package, hub, or a folder)
   load_llm()                    the course's real small LLM, SmolLM2-135M-Instruct, and its tokenizer (Part II)
   quiet_libraries()             transformers and datasets without warnings or progress bars (notebooks)
+  quiet_loggers(*names)         a block with those loggers at ERROR and Python's warnings off (exporters' chatter)
 
 The sizes ("preset" means something else in this course: the "cpu" or "gpu" settings of utils.preset()):
 BERT-base and BERT-large (the published models, for reference), all-MiniLM-L6-v2's shape
@@ -169,6 +170,25 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """A block with the named `logging` loggers at ERROR and Python's warnings ignored, both restored after:
+    for libraries that narrate their work (torch.onnx's exporter, onnxscript) when the outcome is checked."""
+    import logging
+    import warnings
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def load_pretrained(model_class=None, source: str | None = None, **kwargs):
