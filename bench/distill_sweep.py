@@ -61,26 +61,40 @@ def main(argv: list[str] | None = None) -> int:
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
     inputs = inputs_identity(data)
     kept = committed_without_pretrained(preset, asdict(settings), inputs) if new_mini_bert else None
+    committed = json.loads(DISTILL_SWEEP.path(preset).read_text()) if args.reuse else None
     path = make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs, by="arm",
                       sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier),
                       started=started, earlier=kept)    # the transfer set's time counts too
     if new_mini_bert:
-        keep_provenance(path, kept["provenance"])
+        keep_provenance(path, kept["provenance"], {"arms": list(PRETRAINED)})
+    elif committed is not None:
+        before = {(row["arm"], row["lr"], row["seed"]) for row in committed["rows"]}
+        runs = [f"{row['arm']}, lr {row['lr']:g}, seed {row['seed']}" for row in json.loads(path.read_text())["rows"]
+                if (row["arm"], row["lr"], row["seed"]) not in before]
+        keep_provenance(path, committed, {"runs": runs} if runs else None)
     return 0
 
 
-def keep_provenance(path, provenance: dict) -> None:
-    """Most runs of a --new-mini-bert record were made where the committed record was: it keeps that machine and
-    those versions (so re-runs elsewhere are compared within the noise), and says where the new runs were made."""
+PROVENANCE = ("machine", "processor", "versions")
+
+
+def keep_provenance(path, provenance: dict, added: dict | None) -> None:
+    """Most runs of a --new-mini-bert or --reuse record were made where the committed record was: it keeps that
+    machine and those versions (so re-runs elsewhere are compared within the noise), and lists under "added"
+    where the new runs (`added`: their arms or their runs) were made. --reuse keeps the earlier "added" entries;
+    --new-mini-bert drops them, since it trains their arm again."""
     record = json.loads(path.read_text())
-    fields = ("machine", "processor", "versions")
-    record["added"] = {"arms": list(PRETRAINED),
-                       **{key: record[key] for key in fields if key in record}}
-    for key in fields:
+    earlier = provenance.get("added", []) if added is None or "runs" in added else []
+    earlier = [earlier] if isinstance(earlier, dict) else list(earlier)
+    new = [{**added, **{key: record[key] for key in PROVENANCE if key in record}}] if added else []
+    for key in PROVENANCE:
         if key in provenance:
             record[key] = provenance[key]
         else:
             record.pop(key, None)
+    record.pop("added", None)
+    if earlier + new:
+        record["added"] = earlier + new
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel, DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.pytorch_utils import prune_linear_layer
 
 import utils
 from course.ch03_model_anatomy import count_parameters
@@ -41,7 +40,7 @@ class DistillSettings:
     max_length: int = MAX_LENGTH
     learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("hard labels", (1e-4, 3e-4, 1e-3, 2e-3)), ("distilled", (3e-5, 1e-4, 3e-4, 1e-3, 2e-3)),
-        ("distilled + augmented", (3e-4, 1e-3, 2e-3)), ("pretrained + distilled + augmented", (3e-4, 1e-3, 2e-3)),
+        ("distilled + augmented", (3e-4, 1e-3, 2e-3)), ("pretrained + distilled + augmented", (3e-4, 1e-3, 2e-3, 4e-3)),
         ("DistilBERT-style", (1e-4, 2e-4, 5e-4)))
 
     def rates(self, arm: str) -> tuple[float, ...]:
@@ -262,42 +261,6 @@ def race_row(arm: str, student: SentenceClassifier, history: utils.History, prep
     return row
 
 
-def every_other_layer(model: SentenceClassifier, keep: Sequence[int] | None = None) -> SentenceClassifier:
-    """A DistilBERT-style student (Sanh et al., 2019): the teacher with only the layers `keep` (default
-    every other one: 0, 2, 4 of 6), each initialised from the teacher's layer, embeddings and head copied.
-    The word-embedding table (half the parameters) is frozen: updating it is half the cost of a step."""
-    layers = model.encoder.encoder.layer
-    keep = list(range(0, len(layers), 2)) if keep is None else list(keep)
-    config = BertConfig.from_dict({**model.config.to_dict(), "num_hidden_layers": len(keep)})
-    encoder = BertModel(config, add_pooling_layer=False)
-    encoder.embeddings.load_state_dict(model.encoder.embeddings.state_dict())
-    for new, old in zip(encoder.encoder.layer, keep):
-        new.load_state_dict(layers[old].state_dict())
-    student = SentenceClassifier(encoder, pooling=model.pooling, dropout=model.dropout.p)
-    student.classifier.load_state_dict(model.classifier.state_dict())
-    student.encoder.embeddings.word_embeddings.requires_grad_(False)
-    return student
-
-
-def run_distilbert(parts: dict[str, Dataset], prepared: Prepared, settings: DistillSettings, lr: float,
-                   seed: int = 0, folder: str | Path | None = None, keep_model: bool = False,
-                   hidden_weight: float = 0.0, **train_options: Any) -> dict[str, Any]:
-    """The DistilBERT-style student distilled on the transfer set (`parts` tokenized with MiniLM's
-    tokenizer) for settings.distilbert_steps; a row of the results table. hidden_weight > 0 adds
-    DistilBERT's cosine loss on the last hidden states (`HiddenDistilled`) with that weight."""
-    big, _ = load_classifier(folder if folder is not None else teacher())
-    utils.seed_everything(seed)
-    student = every_other_layer(big)
-    wrap = None
-    if hidden_weight:
-        wrap = lambda s: HiddenDistilled(s, big.encoder, settings.temperature, settings.alpha, hidden_weight)  # noqa: E731
-    started = time.perf_counter()
-    history = distil(student, parts["transfer"], prepared, settings, lr, seed, steps=settings.distilbert_steps,
-                     wrap=wrap, **train_options)
-    arm = "DistilBERT-style" + (" + hidden states" if hidden_weight else "")
-    return race_row(arm, student, history, prepared, time.perf_counter() - started, keep_model, lr=lr, seed=seed)
-
-
 ARMS = (*STUDENTS, "DistilBERT-style")
 
 
@@ -352,6 +315,42 @@ def load_sweep(preset: str, settings: DistillSettings, data, any_rates: bool = F
     """The committed sweep for `preset`, refused if made with other settings (other learning rates too,
     unless any_rates), data, teacher or mini-BERT."""
     return DISTILL_SWEEP.read(preset, settings=asdict(settings), inputs=inputs_identity(data), any_rates=any_rates)
+
+
+def every_other_layer(model: SentenceClassifier, keep: Sequence[int] | None = None) -> SentenceClassifier:
+    """A DistilBERT-style student (Sanh et al., 2019): the teacher with only the layers `keep` (default
+    every other one: 0, 2, 4 of 6), each initialised from the teacher's layer, embeddings and head copied.
+    The word-embedding table (half the parameters) is frozen: updating it is half the cost of a step."""
+    layers = model.encoder.encoder.layer
+    keep = list(range(0, len(layers), 2)) if keep is None else list(keep)
+    config = BertConfig.from_dict({**model.config.to_dict(), "num_hidden_layers": len(keep)})
+    encoder = BertModel(config, add_pooling_layer=False)
+    encoder.embeddings.load_state_dict(model.encoder.embeddings.state_dict())
+    for new, old in zip(encoder.encoder.layer, keep):
+        new.load_state_dict(layers[old].state_dict())
+    student = SentenceClassifier(encoder, pooling=model.pooling, dropout=model.dropout.p)
+    student.classifier.load_state_dict(model.classifier.state_dict())
+    student.encoder.embeddings.word_embeddings.requires_grad_(False)
+    return student
+
+
+def run_distilbert(parts: dict[str, Dataset], prepared: Prepared, settings: DistillSettings, lr: float,
+                   seed: int = 0, folder: str | Path | None = None, keep_model: bool = False,
+                   hidden_weight: float = 0.0, **train_options: Any) -> dict[str, Any]:
+    """The DistilBERT-style student distilled on the transfer set (`parts` tokenized with MiniLM's
+    tokenizer) for settings.distilbert_steps; a row of the results table. hidden_weight > 0 adds
+    DistilBERT's cosine loss on the last hidden states (`HiddenDistilled`) with that weight."""
+    big, _ = load_classifier(folder if folder is not None else teacher())
+    utils.seed_everything(seed)
+    student = every_other_layer(big)
+    wrap = None
+    if hidden_weight:
+        wrap = lambda s: HiddenDistilled(s, big.encoder, settings.temperature, settings.alpha, hidden_weight)  # noqa: E731
+    started = time.perf_counter()
+    history = distil(student, parts["transfer"], prepared, settings, lr, seed, steps=settings.distilbert_steps,
+                     wrap=wrap, **train_options)
+    arm = "DistilBERT-style" + (" + hidden states" if hidden_weight else "")
+    return race_row(arm, student, history, prepared, time.perf_counter() - started, keep_model, lr=lr, seed=seed)
 
 
 class HiddenDistilled(Distilled):
@@ -445,6 +444,18 @@ def heads_to_remove(scores: torch.Tensor, count: int) -> dict[int, list[int]]:
     return remove
 
 
+def keep_slice(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A smaller copy of `linear` with only the output rows (dim=0) or the input columns (dim=1) in `index`."""
+    weight = linear.weight.detach().index_select(dim, index)
+    bias = None if linear.bias is None else linear.bias.detach()[index] if dim == 0 else linear.bias.detach()
+    smaller = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        smaller.weight.copy_(weight)
+        if bias is not None:
+            smaller.bias.copy_(bias)
+    return smaller.requires_grad_(linear.weight.requires_grad)
+
+
 def prune_heads(model: SentenceClassifier, remove: dict[int, Sequence[int]]) -> SentenceClassifier:
     """Remove attention heads in place (numbered as in the unpruned model): slice the rows of query, key
     and value and the columns of the attention's output projection, and tell the layer its new head count."""
@@ -461,8 +472,8 @@ def prune_heads(model: SentenceClassifier, remove: dict[int, Sequence[int]]) -> 
             raise ValueError(f"layer {i} would keep no head; keep at least one per layer")
         index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
         for name in ("query", "key", "value"):
-            setattr(self_attention, name, prune_linear_layer(getattr(self_attention, name), index, dim=0))
-        attention.output.dense = prune_linear_layer(attention.output.dense, index, dim=1)
+            setattr(self_attention, name, keep_slice(getattr(self_attention, name), index, dim=0))
+        attention.output.dense = keep_slice(attention.output.dense, index, dim=1)
         self_attention.num_attention_heads, self_attention.all_head_size = len(keep), len(keep) * size
     return model
 
@@ -509,13 +520,16 @@ def throughput(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: in
 
 
 def magnitude_prune(model: nn.Module, amount: float = 0.5) -> nn.Module:
-    """Zero the `amount` share of the encoder's linear weights with the smallest |w| (one global threshold),
-    in place, and make it permanent (`prune.remove`): the tensors keep their shape."""
-    from torch.nn.utils import prune
-    linears = [(module, "weight") for module in model.encoder.modules() if isinstance(module, nn.Linear)]
-    prune.global_unstructured(linears, pruning_method=prune.L1Unstructured, amount=amount)
-    for module, name in linears:
-        prune.remove(module, name)
+    """Zero the `amount` share of the encoder's linear weights with the smallest |w|, all layers together
+    (one global ranking), in place: the tensors keep their shape, and the zeros are stored like any number."""
+    weights = [module.weight for module in model.encoder.modules() if isinstance(module, nn.Linear)]
+    every = torch.cat([w.detach().flatten() for w in weights])
+    smallest = every.abs().topk(round(amount * every.numel()), largest=False).indices
+    keep = torch.ones_like(every)
+    keep[smallest] = 0
+    with torch.no_grad():
+        for w, part in zip(weights, keep.split([w.numel() for w in weights])):
+            w.mul_(part.view_as(w))
     return model
 
 
@@ -620,10 +634,10 @@ def save_student(row: dict[str, Any], settings: DistillSettings, data, folder: P
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
     'DistillSettings', 'DISTILL', 'distill_settings', 'logits_of', 'soft_targets', 'distillation_loss',
     'word_kinds', 'augment', 'augmented_sentences', 'teacher_logits', 'Transfer', 'transfer_set', 'Distilled',
-    'STUDENTS', 'TRAINED_HERE', 'student_parts', 'transfer_batches', 'distil', 'run_student', 'race_row',
-    'every_other_layer', 'run_distilbert', 'ARMS', 'best_student_arm', 'sweep', 'DISTILL_SWEEP', 'inputs_identity',
-    'load_sweep', 'HiddenDistilled', 'BagOfEmbeddings', 'head_importance', 'heads_to_remove', 'prune_heads',
-    'heads_left', 'file_bytes', 'forward_latency_ms', 'throughput', 'magnitude_prune', 'zero_share',
+    'STUDENTS', 'TRAINED_HERE', 'student_parts', 'transfer_batches', 'distil', 'run_student', 'race_row', 'ARMS',
+    'best_student_arm', 'sweep', 'DISTILL_SWEEP', 'inputs_identity', 'load_sweep', 'every_other_layer',
+    'run_distilbert', 'HiddenDistilled', 'BagOfEmbeddings', 'head_importance', 'heads_to_remove', 'keep_slice',
+    'prune_heads', 'heads_left', 'file_bytes', 'forward_latency_ms', 'throughput', 'magnitude_prune', 'zero_share',
     'quantise_rows', 'dequantise', 'fake_quantise', 'int8_state', 'linear_bytes', 'int8_kernel', 'student',
     'store_student', 'student_identity', 'save_student',
 ]

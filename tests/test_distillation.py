@@ -16,7 +16,7 @@ from course.ch05_fine_tuning import SentenceClassifier, save_classifier
 from course.ch07_distillation import (Distilled, Transfer, augment, augmented_sentences, best_student_arm,
                                       dequantise, distill_settings, distillation_loss, every_other_layer,
                                       fake_quantise, head_importance, heads_left, heads_to_remove, int8_kernel,
-                                      int8_state, linear_bytes, magnitude_prune, prune_heads, quantise_rows,
+                                      int8_state, keep_slice, linear_bytes, magnitude_prune, prune_heads, quantise_rows,
                                       student_parts, transfer_batches, word_kinds, zero_share)
 from utils.data import load_corpus, load_sentiment
 from utils.sweeps import chosen_rates
@@ -207,6 +207,26 @@ def test_magnitude_pruning_zeroes_weights_without_shrinking_them(tokenizer):
     assert abs(zero_share(model) - 0.5) < 0.01
     assert {n: p.shape for n, p in model.named_parameters()} == shapes
     assert not any(n.endswith("_orig") or n.endswith("_mask") for n in model.state_dict())
+
+
+def test_by_hand_pruning_equals_the_libraries(tokenizer):
+    """keep_slice = transformers' prune_linear_layer; magnitude_prune = torch's global L1 unstructured pruning."""
+    from torch.nn.utils import prune
+    from transformers.pytorch_utils import prune_linear_layer
+    torch.manual_seed(0)
+    linear, index = nn.Linear(6, 8), torch.tensor([0, 3, 5])
+    for dim in (0, 1):
+        ours, theirs = keep_slice(linear, index, dim), prune_linear_layer(linear, index, dim=dim)
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+    assert keep_slice(nn.Linear(6, 8, bias=False), index, 0).bias is None
+    model = tiny(tokenizer)
+    ours, theirs = magnitude_prune(copy.deepcopy(model), 0.3), copy.deepcopy(model)
+    linears = [(m, "weight") for m in theirs.encoder.modules() if isinstance(m, nn.Linear)]
+    prune.global_unstructured(linears, pruning_method=prune.L1Unstructured, amount=0.3)
+    for module, name in linears:
+        prune.remove(module, name)
+    expected = theirs.state_dict()           # prune.remove re-registers each weight: compare by name
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in ours.state_dict().items())
 
 
 def test_quantise_rows_error_and_storage():
