@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
+
 import utils
 from utils import add_to_class
 from course.ch03_model_anatomy import count_parameters
@@ -37,7 +38,6 @@ class PeftSettings:
     bottleneck: int = 16               # adapter width m
     prompt_length: int = 20            # prompt tuning: p vectors
     rank: int = 8                      # LoRA r (and alpha = 2r: section 2 says why)
-    ranks: tuple[int, ...] = (8,)      # LoRA ranks trained for the rank plot
     learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("top-k layers", (1e-4, 3e-4, 1e-3, 3e-3)), ("BitFit", (1e-3, 3e-3, 1e-2, 3e-2)),
         ("adapters", (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)), ("prompt tuning", (3e-3, 1e-2, 3e-2, 1e-1)),
@@ -52,7 +52,7 @@ class PeftSettings:
 
 
 PEFT = {"cpu": PeftSettings(),
-        "gpu": PeftSettings(steps=400, seeds=(0, 1, 2), ranks=(1, 2, 4, 8, 16, 32, 64))}
+        "gpu": PeftSettings(steps=400, seeds=(0, 1, 2))}
 
 
 def peft_settings(preset: str | None = None) -> PeftSettings:
