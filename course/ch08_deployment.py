@@ -32,7 +32,7 @@ SERVABLE_MODELS = {"student": ("07", student, "a mini-BERT (chapter 04's archite
                                       "teacher on an augmented transfer set (chapter 07)"),
            "teacher": ("05", teacher, "all-MiniLM-L6-v2 with a mean-pooling head, fine-tuned on the training "
                                       "sentences (chapter 05)")}
-CARD_FORMAT = "2"     # bumped when the card's text changes: cached folders are remade
+CARD_FORMAT = "3"     # bumped when the card's text changes: cached folders are remade
 
 
 def source_folder(name: str) -> Path:
@@ -133,8 +133,8 @@ Behavioural checks (chapter 05; for neutral facts "pass" means a top probability
 ## Intended use and limits
 - For: teaching, and sorting short English opinions about films into negative and positive.
 - Not for: decisions about people, other languages, texts longer than {facts['max tokens']} tokens
-  (only the start is read), or neutral text (the model always answers one of two labels; its
-  weakest behaviour is {weakest['phenomenon']}, {weakest['pass rate']:.0%} of the checks passed).
+  (only the start is read), or neutral text (the model always answers one of two labels).
+- Weakest behavioural check: {weakest['phenomenon']}, {weakest['pass rate']:.0%} of its sentences passed.
 - The sentences are film reviews from around 2000; words and topics outside that domain are less reliable.
 
 ## Licences
