@@ -36,7 +36,7 @@ class DistillSettings:
     evaluations: int = 2               # validation accuracy this often; the best weights are kept
     seeds: tuple[int, ...] = (0,)      # trained in the notebook (the sweep adds the noise seeds)
     noise_seeds: tuple[int, ...] = (0, 1, 2)
-    distilbert_steps: int = 200        # the DistilBERT-style student (3 MiniLM layers): ~4× a mini-BERT step
+    distilbert_steps: int = 200        # the DistilBERT-style student (3 MiniLM layers): several mini-BERT steps each
     max_length: int = MAX_LENGTH
     learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("hard labels", (1e-4, 3e-4, 1e-3, 2e-3)), ("distilled", (3e-5, 1e-4, 3e-4, 1e-3, 2e-3)),
