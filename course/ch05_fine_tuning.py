@@ -433,8 +433,7 @@ from utils.sweeps import SweepRecord
 SCALING_MULTIPLES = (0, 0.25, 0.5, 1, 2, 4)     # of chapter 04's pretraining steps; 0: random weights
 SCALING_SIZES = (100, 300, 1000)
 BENCH_LEARNING_RATES = (("random", (1e-3, 3e-3)), ("mini-bert", (1e-3, 3e-3)), ("MiniLM", (1e-4, 2e-4)))
-# the benches' grids: two rates per arm, the best on validation kept (their committed records were made with them;
-# section 4 tries three and steps past an edge)
+# the benches' grids: two rates per arm, the best on validation kept (section 4 tries three and steps past an edge)
 
 
 SCALING = SweepRecord("pretraining_scaling", made_by="scaling_settings",
