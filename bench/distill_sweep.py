@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
               f"  test {100 * row['test accuracy']:.1f}%  {row['seconds']:.0f} s", flush=True)
     inputs = inputs_identity(data)
     kept = committed_without_pretrained(preset, asdict(settings), inputs) if new_mini_bert else None
-    committed = json.loads(DISTILL_SWEEP.path(preset).read_text()) if args.reuse else None
+    reused = DISTILL_SWEEP.path(preset)           # --reuse: make_sweep reads and checks it (and says so if missing)
+    committed = json.loads(reused.read_text()) if args.reuse and reused.is_file() else None
     path = make_sweep(DISTILL_SWEEP, preset, args, settings=asdict(settings), inputs=inputs, by="arm",
                       sweep=lambda earlier: sweep(settings, wordpiece, minilm, transfer, ARMS, on_row=show, reuse=earlier),
                       started=started, earlier=kept)    # the transfer set's time counts too
