@@ -314,3 +314,20 @@ def test_sweep_reuses_earlier_runs_and_trains_only_the_new_rates(monkeypatch, to
     best = rates[-1]                                   # the highest validation accuracy among the reused runs
     assert trained == [(rates[0], 0)] + [(best, s) for s in settings.noise_seeds[1:]]
     assert len(rows) == len(rates) + len(settings.noise_seeds) - 1
+
+
+def test_sweep_records_keep_where_their_runs_were_made(tmp_path):
+    """bench.distill_sweep --reuse / --new-mini-bert: the committed record's machine and versions stay (its runs were
+    made there), and the new runs are listed under "added" with where they were made."""
+    from bench.distill_sweep import keep_provenance
+    path = tmp_path / "record.json"
+    committed = {"machine": "there", "versions": {"torch": "1"}, "added": {"arms": ["a"], "machine": "elsewhere"}}
+    path.write_text(json.dumps({"machine": "here", "processor": "X", "versions": {"torch": "2"}, "rows": []}))
+    keep_provenance(path, committed, {"runs": ["b, lr 0.1, seed 0"]})                 # --reuse
+    record = json.loads(path.read_text())
+    assert (record["machine"], record["versions"]) == ("there", {"torch": "1"}) and "processor" not in record
+    assert record["added"] == [{"arms": ["a"], "machine": "elsewhere"},
+                               {"runs": ["b, lr 0.1, seed 0"], "machine": "here", "processor": "X", "versions": {"torch": "2"}}]
+    path.write_text(json.dumps({"machine": "here", "rows": []}))
+    keep_provenance(path, committed, {"arms": ["a"]})                                  # --new-mini-bert: arm a again
+    assert json.loads(path.read_text())["added"] == [{"arms": ["a"], "machine": "here"}]
