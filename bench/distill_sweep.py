@@ -28,6 +28,7 @@ from utils.data import load_sentiment
 from utils.sweeps import make_sweep, sweep_arguments
 
 
+PROVENANCE = ("machine", "processor", "versions")      # where a record's runs were made
 PRETRAINED = tuple(arm for arm, (weights, _) in STUDENTS.items() if weights == "mini-bert")   # start from chapter 04
 
 
@@ -39,7 +40,7 @@ def committed_without_pretrained(preset: str, settings: dict, inputs: dict) -> d
     record = DISTILL_SWEEP.read(preset, settings=settings, inputs={**inputs, "mini_bert": committed_mini_bert})
     kept = [row for row in record["rows"] if row["arm"] not in PRETRAINED]
     return {"rows": kept, "seconds": sum(row["seconds"] for row in kept),     # the kept runs' own time
-            "provenance": {key: record[key] for key in ("machine", "processor", "versions") if key in record}}
+            "provenance": {key: record[key] for key in PROVENANCE if key in record}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         keep_provenance(path, committed, {"runs": runs} if runs else None)
     return 0
 
-
-PROVENANCE = ("machine", "processor", "versions")
 
 
 def keep_provenance(path, provenance: dict, added: dict | None) -> None:
