@@ -550,6 +550,13 @@ def predict(model: nn.Module, tokenizer, text: str | Sequence[str], max_length: 
 NEUTRAL_CONFIDENCE = 0.75   # a neutral fact "passes" when the model's top probability stays below this
 
 
+def passes(row: dict, guess: dict) -> bool:
+    """Whether a prediction passes a behavioural check: the right label, or for a neutral fact (label None) a top
+    probability below NEUTRAL_CONFIDENCE."""
+    return (guess["probability"] < NEUTRAL_CONFIDENCE if row["label"] is None
+            else guess["label"] == LABELS[row["label"]])
+
+
 def behaviour_table(model: nn.Module, tokenizer, rows: Sequence[dict] | None = None) -> list[dict[str, Any]]:
     """Pass rates per phenomenon of the behavioural set: the right label for negation, intensifiers and
     contrast; for neutral facts, a top probability below NEUTRAL_CONFIDENCE."""
@@ -557,9 +564,7 @@ def behaviour_table(model: nn.Module, tokenizer, rows: Sequence[dict] | None = N
     predictions = predict(model, tokenizer, [r["text"] for r in rows])
     table: dict[str, list[bool]] = {}
     for row, guess in zip(rows, predictions):
-        ok = (guess["probability"] < NEUTRAL_CONFIDENCE if row["label"] is None
-              else guess["label"] == LABELS[row["label"]])
-        table.setdefault(row["phenomenon"], []).append(ok)
+        table.setdefault(row["phenomenon"], []).append(passes(row, guess))
     return [{"phenomenon": k, "sentences": len(v), "pass rate": float(np.mean(v))} for k, v in table.items()]
 
 
@@ -637,6 +642,6 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'SCALING_MULTIPLES', 'SCALING_SIZES', 'BENCH_LEARNING_RATES', 'SCALING', 'RECIPES', 'scaling_settings',
     'scaling_identity', 'load_scaling', 'RECIPE_VARIANTS', 'RECIPE_LEVERS', 'recipes_settings', 'CHAPTER_04_RECIPE',
     'recipe_gains', 'masked_ratios', 'load_recipes', 'confident_mistakes', 'predict', 'NEUTRAL_CONFIDENCE',
-    'behaviour_table', 'save_classifier', 'load_classifier', 'TEACHER_LR', 'teacher_settings', 'teacher',
+    'passes', 'behaviour_table', 'save_classifier', 'load_classifier', 'TEACHER_LR', 'teacher_settings', 'teacher',
     'store_teacher', 'save_teacher', 'teacher_identity',
 ]
