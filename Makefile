@@ -56,11 +56,12 @@ lab: $(STAMP) data
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "From Zero (.venv)" >/dev/null
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) chapters/
 
-# Two phases (conftest.py): what shares nothing on $(WORKERS) workers, then, in one process and in chapter
-# order, what builds or reads the chapters' shared artifacts. Exit status 5 is "this phase selected no test".
+# Two phases (conftest.py): everything but chapter 08 on $(WORKERS) workers (the chapters that build on each
+# other's artifacts as one unit each), then, alone, chapter 08's load tests and the after_chapters tests.
+# Exit status 5 is "this phase selected no test".
 test: $(STAMP) data
-	$(BIN)/python -m pytest -m "not shared_artifacts" $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(BIN)/python -m pytest -m shared_artifacts $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m "not serial" $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -41,22 +41,29 @@ import offline_guard  # noqa: E402
 offline_guard.install()
 
 
-# `make test` runs in two phases. First everything that shares nothing (the unit tests, each with a private
-# cache, and the chapters that use no other chapter's artifact: 00-03 and 06) on two pytest workers with one
-# thread each: on two cores that finishes ~20% sooner than one process with two threads (measured on the
-# course's 2-core machines). Then, in one process with every thread, what builds or reads the chapters' shared
-# artifacts (the mini-BERT, the teacher, the student), in chapter order: each is built once, by the chapter
-# that makes it, before the chapters that read it.
+# `make test` runs in two phases. First everything but chapter 08 on two pytest workers with one torch thread each:
+# on two cores that finishes ~20% sooner than one process with two threads (TOOLCHAIN.md). Then, alone and with
+# every thread, what times a service under load (chapter 08 and its solutions, whose latency claims would measure
+# the other worker) and the tests marked after_chapters.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
 
-SHARED_ARTIFACTS = {4: "builds the mini-BERT", 5: "builds the teacher", 7: "builds the student",
-                    8: "serves the student and the teacher", 9: "builds the GPT that chapter 11 starts from",
-                    11: "tunes chapter 09's GPT", 12: "judges with the teacher and the student"}   # chapter 06 fine-tunes the downloaded MiniLM only
-FIRST = ("06_", "10_")      # the longest notebooks of the first phase start first (make test passes --no-loadscope-reorder)
+# Chapters that store an artifact a later chapter reads run as one unit of work, in order, on one worker: chapter 04
+# stores the mini-BERT that 05 fine-tunes, 05 the teacher that 07 distils, 07 the student; 09 stores the GPT that 11
+# tunes. A reader that started first would build the artifact itself through the cache's lock: right, but slower.
+CHAINS = (("04_pretraining", "05_fine_tuning", "07_distillation"), ("09_gpt", "11_instruction_tuning"))
+# The order workers take units in (`--no-loadscope-reorder`), longest first: the first chain (~37 min on one thread)
+# on one worker, chapter 06 and then the second chain on the other; chapter 12 (it reads the teacher and the student)
+# comes after chapter 10, so that it starts once the first chain is done; then the solutions, longest first; then
+# the rest (unit tests, chapters 00-03) in collection order, to even out the end.
+ORDER = (*CHAINS[0], "06_peft", *CHAINS[1], "10_llm", "12_preference_tuning",
+         "12_preference_tuning_solutions", "09_gpt_solutions", "06_peft_solutions", "10_llm_solutions",
+         "07_distillation_solutions", "05_fine_tuning_solutions", "04_pretraining_solutions",
+         "11_instruction_tuning_solutions")
+SERIAL = ("08_deployment", "08_deployment_solutions")     # load tests and latencies: run with no other work beside
 
 
 def pytest_configure(config):
@@ -64,24 +71,37 @@ def pytest_configure(config):
                                        "(alone, it builds them first)")
     config.addinivalue_line("markers", "slow: takes seconds to minutes (every notebook, trainings, other processes); "
                                        "`make test-fast` leaves these out")
-    config.addinivalue_line("markers", "shared_artifacts: builds or reads the chapters' shared artifacts (chapters "
-                                       f"{sorted(SHARED_ARTIFACTS)}, their solutions, after_chapters): `make test` "
-                                       "runs these in one process, in chapter order, after the rest")
+    config.addinivalue_line("markers", f"serial: runs alone after the rest ({', '.join(SERIAL)} and the "
+                                       "after_chapters tests): `make test` runs these in one process, with every thread")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Every notebook cell is slow; the chapters in SHARED_ARTIFACTS (and their solutions) and after_chapters
-    tests use the shared artifacts. Chapter 06 and its solutions first, after_chapters tests last; otherwise
-    the collection order (chapters in order, solutions after the chapters)."""
+    """Every notebook cell is slow; chapter 08's notebooks and after_chapters tests are serial. Items are sorted into
+    the order workers take them (ORDER, then the rest, then SERIAL, then after_chapters); cells keep their order."""
     for item in items:
-        chapter = _chapter(item)
         after = item.get_closest_marker("after_chapters") is not None
-        if chapter is not None or after:
+        if _chapter(item) is not None or after:
             item.add_marker(pytest.mark.slow)
-        if after or chapter in SHARED_ARTIFACTS:
-            item.add_marker(pytest.mark.shared_artifacts)
-    items.sort(key=lambda item: (item.get_closest_marker("after_chapters") is not None,
-                                 not item.path.name.startswith(FIRST)))      # stable: cells keep their order
+        if after or item.path.stem in SERIAL:
+            item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: (item.get_closest_marker("after_chapters") is not None, item.path.stem in SERIAL,
+                                 ORDER.index(item.path.stem) if item.path.stem in ORDER else len(ORDER)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope, with each of CHAINS one unit of work (one notebook is one unit already)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ChainScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            stem = Path(nodeid.split("::")[0]).stem
+            chain = next((chain for chain in CHAINS if stem in chain), None)
+            return "+".join(chain) if chain else super()._split_scope(nodeid)
+
+    return ChainScheduling(config, log)
 
 
 def _chapter(item) -> int | None:
