@@ -32,7 +32,7 @@ SERVABLE_MODELS = {"student": ("07", student, "a mini-BERT (chapter 04's archite
                                       "teacher on an augmented transfer set (chapter 07)"),
            "teacher": ("05", teacher, "all-MiniLM-L6-v2 with a mean-pooling head, fine-tuned on the training "
                                       "sentences (chapter 05)")}
-CARD_FORMAT = "3"     # bumped when the card's text changes: cached folders are remade
+CARD_FORMAT = "4"     # bumped when the card's text changes: cached folders are remade
 
 
 def source_folder(name: str) -> Path:
@@ -87,13 +87,8 @@ def card_facts(name: str, folder: Path, model: nn.Module, measured: dict[str, An
             "licences": licences}
 
 
-def model_card(facts: dict[str, Any]) -> str:
-    """The README.md of a model folder, written from `card_facts` (nothing typed by hand)."""
-    behaviour = "\n".join(f"| {row['phenomenon']} | {row['sentences']} | {row['pass rate']:.0%} |"
-                          for row in facts["behaviour"])
-    weakest = min(facts["behaviour"], key=lambda row: row["pass rate"])
-    training = ", ".join(f"{k} {v}" for k, v in facts["training"].items())
-    licences = "\n".join(f"- {k}: {v}" for k, v in facts["licences"].items())
+def card_head(facts: dict[str, Any]) -> str:
+    """The card's front matter, title and model table: what the model is and how big."""
     return f"""---
 language: en
 tags: [text-classification, sentiment, from-zero-course]
@@ -113,7 +108,15 @@ measured numbers.
 | vocabulary | {facts['vocabulary']:,} WordPiece tokens |
 | input | at most {facts['max tokens']} tokens; longer texts are truncated |
 | weights | model.safetensors, {facts['weights MB']} MB, sha256 {facts['weights sha256'][:16]}… |
+"""
 
+
+def card_evidence(facts: dict[str, Any]) -> str:
+    """How it was trained, and what it scored on the test split and on chapter 05's behavioural checks."""
+    training = ", ".join(f"{k} {v}" for k, v in facts["training"].items())
+    behaviour = "\n".join(f"| {row['phenomenon']} | {row['sentences']} | {row['pass rate']:.0%} |"
+                          for row in facts["behaviour"])
+    return f"""
 ## Training
 Rated Rotten Tomatoes sentences (Pang & Lee 2004, ratings by Hutto & Gilbert 2014) made binary:
 {facts['train sentences']:,} training sentences; {training}. Validation accuracy
@@ -129,12 +132,20 @@ Behavioural checks (chapter 05; for neutral facts "pass" means a top probability
 | phenomenon | sentences | pass rate |
 | --- | --- | --- |
 {behaviour}
+"""
 
+
+def card_limits(facts: dict[str, Any]) -> str:
+    """What the model is for and not for, its licences, and how to load it."""
+    lowest = min(row["pass rate"] for row in facts["behaviour"])
+    weakest = [row["phenomenon"] for row in facts["behaviour"] if row["pass rate"] == lowest]
+    licences = "\n".join(f"- {k}: {v}" for k, v in facts["licences"].items())
+    return f"""
 ## Intended use and limits
 - For: teaching, and sorting short English opinions about films into negative and positive.
 - Not for: decisions about people, other languages, texts longer than {facts['max tokens']} tokens
   (only the start is read), or neutral text (the model always answers one of two labels).
-- Weakest behavioural check: {weakest['phenomenon']}, {weakest['pass rate']:.0%} of its sentences passed.
+- Weakest behavioural check{'s' if len(weakest) > 1 else ''}: {' and '.join(weakest)}, {lowest:.0%} of {'their' if len(weakest) > 1 else 'its'} sentences passed.
 - The sentences are film reviews from around 2000; words and topics outside that domain are less reliable.
 
 ## Licences
@@ -148,6 +159,11 @@ predict(model, tokenizer, "A warm and funny film.")
 ```
 Served: `FROM_ZERO_SERVE=this/folder uvicorn course.ch08_deployment:app` (see chapter 08).
 """
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """The README.md of a model folder, written from `card_facts` (nothing typed by hand)."""
+    return card_head(facts) + card_evidence(facts) + card_limits(facts)
 
 
 def model_folder(name: str, *, rebuild: bool = False) -> Path:
@@ -357,6 +373,31 @@ def pipeline_rows(probs: np.ndarray) -> list[list[dict[str, float | str]]]:
     return [[{"label": LABELS[j], "score": float(p[j])} for j in np.argsort(-p, kind="stable")] for p in probs]
 
 
+async def gather_requests(queue: asyncio.Queue, max_batch: int, max_wait: float) -> list[tuple]:
+    """Wait for a first request, then take more until `max_batch` texts are gathered or the first has waited
+    `max_wait` seconds. Each request is (texts, future, arrival time)."""
+    waiting = [await queue.get()]
+    count, deadline = len(waiting[0][0]), waiting[0][2] + max_wait
+    while count < max_batch:
+        left = deadline - time.perf_counter()
+        try:
+            item = queue.get_nowait() if left <= 0 else await asyncio.wait_for(queue.get(), left)
+        except (asyncio.QueueEmpty, asyncio.TimeoutError):
+            break
+        waiting.append(item)
+        count += len(item[0])
+    return waiting
+
+
+def hand_back(waiting: list[tuple], probs: np.ndarray | None = None, error: Exception | None = None) -> None:
+    """Give each waiting caller its own rows of the batch's probabilities (or the batch's error) through its future."""
+    start = 0
+    for texts, future, _ in waiting:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(probs[start:start + len(texts)])
+        start += len(texts)
+
+
 class MicroBatcher:
     """Gathers concurrent requests for at most `max_wait_ms` (or until `max_batch` texts) into one forward pass."""
 
@@ -368,52 +409,30 @@ class MicroBatcher:
         self.queue: asyncio.Queue = asyncio.Queue()    # (texts, future, arrival time)
         self.log: list[dict[str, float]] = []
 
-    async def alone(self, texts: list[str]) -> np.ndarray:
-        """No batching: this request's texts in their own forward pass."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
-
     async def submit(self, texts: list[str]) -> np.ndarray:
         """Queue the texts; return their probabilities once the batch they joined has run."""
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((texts, future, time.perf_counter()))
         return await future
 
-    async def gather(self) -> list[tuple]:
-        """Wait for a first request, then take more until the batch is full or the first one waited long enough."""
-        waiting = [await self.queue.get()]
-        count, deadline = len(waiting[0][0]), waiting[0][2] + self.max_wait
-        while count < self.max_batch:
-            left = deadline - time.perf_counter()
-            try:
-                item = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                break
-            waiting.append(item)
-            count += len(item[0])
-        return waiting
+    async def alone(self, texts: list[str]) -> np.ndarray:
+        """No batching: this request's texts in their own forward pass."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
 
     async def run(self) -> None:
-        """The batching loop (one task per service)."""
-        loop = asyncio.get_running_loop()
+        """The batching loop (one task per service): gather, one forward pass on the worker thread, hand back."""
         while True:
-            waiting = await self.gather()
+            waiting = await gather_requests(self.queue, self.max_batch, self.max_wait)
             texts = [text for item in waiting for text in item[0]]
             started = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.predict, texts)
+                probs = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
             except Exception as error:          # the callers get the error; the loop goes on
-                for _, future, _ in waiting:
-                    if not future.done():
-                        future.set_exception(error)
+                hand_back(waiting, error=error)
                 continue
-            self.log.append({"requests": len(waiting), "texts": len(texts),
-                             "waited ms": 1000 * (started - waiting[0][2]),
+            self.log.append({"requests": len(waiting), "texts": len(texts), "waited ms": 1000 * (started - waiting[0][2]),
                              "forward ms": 1000 * (time.perf_counter() - started)})
-            start = 0
-            for item_texts, future, _ in waiting:
-                if not future.done():
-                    future.set_result(probs[start:start + len(item_texts)])
-                start += len(item_texts)
+            hand_back(waiting, probs)
 
 
 @dataclass
@@ -446,13 +465,8 @@ def load_predictor(spec: str | Path = "student", runtime: str = "torch") -> Pred
                      card.get("max tokens", 64))
 
 
-def create_app(predictor: Predictor | None = None, *, batching: bool = True, max_batch: int = 32,
-               max_wait_ms: float = 5.0):
-    """The FastAPI application: POST /predict, GET /health."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
+def serving_lifespan(predictor: Predictor | None, max_batch: int, max_wait_ms: float):
+    """What the server does when it starts (load the predictor, start the batcher's loop) and when it stops."""
     @asynccontextmanager
     async def lifespan(app):
         served = predictor or load_predictor(os.environ.get("FROM_ZERO_SERVE", "student"),
@@ -465,17 +479,33 @@ def create_app(predictor: Predictor | None = None, *, batching: bool = True, max
         with suppress(asyncio.CancelledError):
             await task
         app.state.batcher.executor.shutdown(wait=True)
+    return lifespan
 
-    app = FastAPI(title="From Zero sentiment", lifespan=lifespan)
-    app.state.batching = batching
+
+def answer_bad_requests(app) -> None:
+    """Every bad request gets its 4xx and one line: a `BadRequest` raised in any route, and a body that fails
+    `PredictRequest` (FastAPI raises `RequestValidationError`; `one_line` words it)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, error: BadRequest):     # any route's bad input: 4xx, one line
+    async def bad_request(request: Request, error: BadRequest):
         return JSONResponse({"error": str(error)}, status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError):   # a body that fails PredictRequest
+    async def invalid(request: Request, error: RequestValidationError):
         return await bad_request(request, one_line(error.errors()))
+
+
+def create_app(predictor: Predictor | None = None, *, batching: bool = True, max_batch: int = 32,
+               max_wait_ms: float = 5.0):
+    """The FastAPI application: POST /predict, GET /health."""
+    from fastapi import FastAPI, Request
+
+    app = FastAPI(title="From Zero sentiment", lifespan=serving_lifespan(predictor, max_batch, max_wait_ms))
+    app.state.batching = batching
+    answer_bad_requests(app)
 
     @app.get("/health")
     async def health(request: Request):
@@ -563,10 +593,11 @@ def answers_match(result: dict[str, Any], texts: Sequence[str], expected: np.nda
 
 
 __all__ = [  # this chapter's own names: what it writes (tools/export.py lists them)
-    'SERVABLE_MODELS', 'CARD_FORMAT', 'source_folder', 'test_loader', 'measure', 'card_facts', 'model_card',
-    'model_folder', 'Runner', 'torch_runner', 'softmax', 'probabilities', 'folder_probabilities', 'LogitsOnly',
-    'export_onnx', 'quantise_onnx', 'onnx_runner', 'onnx_files', 'scoring_latency_ms', 'compare_runtimes',
-    'MAX_TEXTS', 'MAX_CHARACTERS', 'PredictRequest', 'BadRequest', 'one_line', 'read_texts', 'pipeline_rows',
-    'MicroBatcher', 'Predictor', 'load_predictor', 'create_app', 'app', 'load_test', 'run_load_plan',
-    'load_test_elsewhere', 'answers_match',
+    'SERVABLE_MODELS', 'CARD_FORMAT', 'source_folder', 'test_loader', 'measure', 'card_facts', 'card_head',
+    'card_evidence', 'card_limits', 'model_card', 'model_folder', 'Runner', 'torch_runner', 'softmax',
+    'probabilities', 'folder_probabilities', 'LogitsOnly', 'export_onnx', 'quantise_onnx', 'onnx_runner',
+    'onnx_files', 'scoring_latency_ms', 'compare_runtimes', 'MAX_TEXTS', 'MAX_CHARACTERS', 'PredictRequest',
+    'BadRequest', 'one_line', 'read_texts', 'pipeline_rows', 'gather_requests', 'hand_back', 'MicroBatcher',
+    'Predictor', 'load_predictor', 'serving_lifespan', 'answer_bad_requests', 'create_app', 'app', 'load_test',
+    'run_load_plan', 'load_test_elsewhere', 'answers_match',
 ]
