@@ -299,7 +299,7 @@ def probe(prepared: Prepared, settings: PeftSettings, seed: int = 0) -> dict[str
 def run_method(method: str, prepared: Prepared, settings: PeftSettings, lr: float | None, seed: int = 0,
                keep_model: bool = False, **train_options: Any) -> dict[str, Any]:
     """Build `method`, fine-tune it for `settings.steps` steps at `lr` (chapter 05's `fine_tune`) and score it
-    on the test split. One row: method, lr, seed, steps, accuracies, seconds (+ the model if keep_model)."""
+    on the test split. One row: method, lr, seed, steps, accuracies, seconds (+ the model and its test probabilities if keep_model)."""
     if method == "head only":
         return probe(prepared, settings, seed)
     model = build(method, settings, seed)
@@ -309,11 +309,12 @@ def run_method(method: str, prepared: Prepared, settings: PeftSettings, lr: floa
     started = time.perf_counter()
     history = fine_tune(model, prepared.data["train"], prepared.validation, prepared.tokenizer,
                         settings.finetune(lr, seed), **options)
-    test = scores(prepared.data["test"]["labels"], predict_proba(model, prepared.test))["accuracy"]
+    probs = predict_proba(model, prepared.test)
+    test = scores(prepared.data["test"]["labels"], probs)["accuracy"]
     row = {**result_row(history, test, time.perf_counter() - started, method=method, lr=lr, seed=seed),
            "seconds per step": float(np.median(np.diff(stamps))), "trainable": count_trainable(model)}
-    if keep_model:
-        row["model"] = model
+    if keep_model:                     # the model, and its test probabilities (not stored in the sweep's records)
+        row["model"], row["test probs"] = model, probs
     return row
 
 

@@ -32,7 +32,7 @@ SERVABLE_MODELS = {"student": ("07", student, "a mini-BERT (chapter 04's archite
                                       "teacher on an augmented transfer set (chapter 07)"),
            "teacher": ("05", teacher, "all-MiniLM-L6-v2 with a mean-pooling head, fine-tuned on the training "
                                       "sentences (chapter 05)")}
-CARD_FORMAT = "4"     # bumped when the card's text changes: cached folders are remade
+CARD_FORMAT = "5"     # bumped when the card's text changes: cached folders are remade
 
 
 def source_folder(name: str) -> Path:
@@ -91,6 +91,7 @@ def card_head(facts: dict[str, Any]) -> str:
     """The card's front matter, title and model table: what the model is and how big."""
     return f"""---
 language: en
+license: other
 tags: [text-classification, sentiment, from-zero-course]
 metrics: [accuracy, f1, ece]
 ---
