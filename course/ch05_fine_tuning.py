@@ -461,6 +461,19 @@ def load_scaling(preset: str, data, missing_ok: bool = False) -> dict[str, Any] 
                         missing_ok=missing_ok)
 
 
+def recipes_settings(preset: str) -> dict[str, Any]:
+    """What the recipe search is made with: the recipe, its variants and levers, this chapter's protocol."""
+    return {**{k: v for k, v in scaling_settings(preset).items() if k != "multiples"},
+            "variants": RECIPE_VARIANTS, "levers": RECIPE_LEVERS}
+
+
+def load_recipes(preset: str, data, missing_ok: bool = False) -> dict[str, Any] | None:
+    """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data;
+    missing_ok: None if none is committed for this preset."""
+    return RECIPES.read(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset),
+                        missing_ok=missing_ok)
+
+
 RECIPE_VARIANTS = (      # BERT's recipe at chapter 04's size with these changed, at its budget (bench/pretraining_recipes.py)
     ("chapter 04", {}),
     ("no dropout", {"dropout": 0.0}),
@@ -474,12 +487,6 @@ RECIPE_LEVERS = (        # fine-tuning that tries to keep what pretraining learn
     ("encoder at 1/10 of the head's rate", {"body_scale": 0.1, "rates": (1e-3, 3e-3)}),
     ("300 steps instead of 80", {"steps": 300, "rates": (3e-4, 1e-3, 3e-3)}),
 )
-
-
-def recipes_settings(preset: str) -> dict[str, Any]:
-    """What the recipe search is made with: the recipe, its variants and levers, this chapter's protocol."""
-    return {**{k: v for k, v in scaling_settings(preset).items() if k != "multiples"},
-            "variants": RECIPE_VARIANTS, "levers": RECIPE_LEVERS}
 
 
 CHAPTER_04_RECIPE = "40%, no dropout, sinusoidal positions"
@@ -508,13 +515,6 @@ def masked_ratios(recipes: dict[str, Any]) -> dict[str, float]:
     rows = {r["variant"]: r for r in recipes["rows"]}
     corpus = {name: "WikiText-2 test" if changes.get("wikitext", True) else "sentiment validation" for name, changes in RECIPE_VARIANTS}
     return {name: rows[name][f"[MASK] {corpus[name]}"] / rows[name][f"unigram {corpus[name]}"] for name, _ in RECIPE_VARIANTS}
-
-
-def load_recipes(preset: str, data, missing_ok: bool = False) -> dict[str, Any] | None:
-    """bench/pretraining_recipes.py's committed table for `preset`, refused if made with other settings or data;
-    missing_ok: None if none is committed for this preset."""
-    return RECIPES.read(preset, settings=recipes_settings(preset), inputs=scaling_identity(data, preset),
-                        missing_ok=missing_ok)
 
 
 def confident_mistakes(texts: Sequence[str], labels: Sequence[int], probs: np.ndarray, k: int = 8) -> list[dict]:
@@ -640,8 +640,8 @@ __all__ = [  # this chapter's own names: what it writes (tools/export.py lists t
     'Prepared', 'prepare', 'SentenceClassifier', 'new_classifier', 'predict_proba', 'scores', 'accuracy',
     'fine_tune', 'subset_indices', 'subset', 'run_arm', 'summarise', 'features', 'linear_probe', 'nearest_words',
     'SCALING_MULTIPLES', 'SCALING_SIZES', 'BENCH_LEARNING_RATES', 'SCALING', 'RECIPES', 'scaling_settings',
-    'scaling_identity', 'load_scaling', 'RECIPE_VARIANTS', 'RECIPE_LEVERS', 'recipes_settings', 'CHAPTER_04_RECIPE',
-    'recipe_gains', 'masked_ratios', 'load_recipes', 'confident_mistakes', 'predict', 'NEUTRAL_CONFIDENCE',
+    'scaling_identity', 'load_scaling', 'recipes_settings', 'load_recipes', 'RECIPE_VARIANTS', 'RECIPE_LEVERS',
+    'CHAPTER_04_RECIPE', 'recipe_gains', 'masked_ratios', 'confident_mistakes', 'predict', 'NEUTRAL_CONFIDENCE',
     'passes', 'behaviour_table', 'save_classifier', 'load_classifier', 'TEACHER_LR', 'teacher_settings', 'teacher',
     'store_teacher', 'save_teacher', 'teacher_identity',
 ]
