@@ -394,8 +394,11 @@ def hand_back(waiting: list[tuple], probs: np.ndarray | None = None, error: Exce
     """Give each waiting caller its own rows of the batch's probabilities (or the batch's error) through its future."""
     start = 0
     for texts, future, _ in waiting:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(probs[start:start + len(texts)])
+        if not future.done():                # a caller that gave up (cancelled) gets nothing
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(probs[start:start + len(texts)])
         start += len(texts)
 
 
